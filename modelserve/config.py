@@ -1,0 +1,378 @@
+"""Server configuration and per-model configuration.
+
+Precedence, lowest to highest: built-in defaults, ``config.properties`` (``--ts-config``), environment variables
+``MODELSERVE_<KEY>`` (e.g. ``MODELSERVE_JOB_QUEUE_SIZE=50``), command-line flags. Per model: server defaults, then the
+archive's ``model-config.yaml``, then parameters given at registration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from modelserve.errors import ConfigError
+from modelserve.properties import parse_properties
+
+log = logging.getLogger("modelserve.config")
+
+ENV_PREFIX = "MODELSERVE_"
+
+# TorchServe keys that modelserve accepts and does not need; they are reported, not treated as unknown
+IGNORED_TORCHSERVE_KEYS = frozenset({
+    "number_of_netty_threads", "netty_client_threads", "vmargs", "number_of_gpu", "async_logging",
+    "default_service_handler", "enable_envvars_config", "metrics_mode", "metrics_format", "workflow_store",
+    "use_native_io", "io_ratio", "prefer_direct_buffer", "metrics_config", "enable_metrics_api_plugin",
+    "plugins_path", "disable_system_metrics", "model_server_home", "keep_alive_timeout", "ts_log_level",
+})  # fmt: skip
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value.strip())
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+def _float_at_least(minimum: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        number = float(value.strip())
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum:g}, got {number:g}")
+        return number
+
+    return parse
+
+
+def _list(value: str) -> list[str]:
+    return [item.strip() for item in value.replace(" ", ",").split(",") if item.strip()]
+
+
+def _address(value: str) -> str:
+    parse_address(value)
+    return value.strip()
+
+
+def _choice(value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def setting_names() -> set[str]:
+    return set(_PARSERS)
+
+
+def _optional_str(value: str) -> str | None:
+    return value.strip() or None
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``http://host:port`` -> (host, port). Only plain HTTP is supported (put TLS in a proxy in front)."""
+    parts = urlsplit(value.strip())
+    if parts.scheme != "http":
+        raise ValueError(f"address {value!r} must look like http://HOST:PORT (https is not supported; use a proxy)")
+    if not parts.hostname:
+        raise ValueError(f"address {value!r} has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"address {value!r} has an invalid port") from None
+    if port is None:
+        raise ValueError(f"address {value!r} has no port")
+    return parts.hostname, port
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+@dataclass
+class ServerConfig:
+    """Every server setting, with TorchServe's key names."""
+
+    inference_address: str = "http://127.0.0.1:8080"
+    management_address: str = "http://127.0.0.1:8081"
+    metrics_address: str = "http://127.0.0.1:8082"
+    model_store: str | None = None
+    load_models: list[str] = field(default_factory=list)
+    default_workers_per_model: int = field(default_factory=default_workers)
+    job_queue_size: int = 100
+    max_request_size: int = 6553500
+    max_response_size: int = 6553500
+    default_response_timeout: float = 120.0
+    default_startup_timeout: float = 120.0
+    batch_size: int = 1
+    max_batch_delay: float = 100.0
+    enable_model_api: bool = False
+    allowed_urls: list[str] = field(default_factory=list)
+    disable_token_authorization: bool = False
+    enable_metrics_api: bool = True
+    cors_allowed_origin: str | None = None
+    cors_allowed_methods: str | None = None
+    cors_allowed_headers: str | None = None
+    install_py_dep_per_model: bool = False
+    model_snapshot: bool = True
+    log_location: str = "logs"
+    key_file: str = "key_file.json"
+    intra_op_threads: int = 0
+    shutdown_timeout: float = 60.0
+    max_connections: int = 1024
+    header_timeout: float = 10.0
+    max_model_load_failures: int = 3
+    url_download_timeout: float = 60.0
+    max_archive_size: int = 16 << 30
+    log_level: str = "INFO"
+    log_format: str = "plain"
+
+    def apply(self, values: Mapping[str, str], source: str) -> None:
+        """Set fields from string values; unknown keys are warned about, invalid values raise ConfigError."""
+        for key, raw in values.items():
+            parser = _PARSERS.get(key)
+            if parser is None:
+                if key in IGNORED_TORCHSERVE_KEYS:
+                    log.warning("%s: TorchServe key %r is not used by modelserve; ignored", source, key)
+                else:
+                    log.warning("%s: unknown configuration key %r ignored", source, key)
+                continue
+            try:
+                setattr(self, key, parser(raw))
+            except ValueError as exc:
+                raise ConfigError(f"{source}: invalid value for {key}: {exc}") from None
+
+    def check(self) -> None:
+        """Cross-field rules."""
+        for key in ("inference_address", "management_address", "metrics_address"):
+            parse_address(getattr(self, key))
+        host, _ = parse_address(self.management_address)
+        if self.disable_token_authorization and not is_loopback(host):
+            raise ConfigError(
+                f"refusing to serve the management API on non-loopback address {host} with token authorization "
+                "disabled: enable tokens or bind management_address to 127.0.0.1"
+            )
+        if self.max_request_size < 1 or self.max_response_size < 1:
+            raise ConfigError("max_request_size and max_response_size must be positive")
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "inference_address": _address,
+    "management_address": _address,
+    "metrics_address": _address,
+    "model_store": _optional_str,
+    "load_models": _list,
+    "default_workers_per_model": _int_at_least(0),
+    "job_queue_size": _int_at_least(1),
+    "max_request_size": _int_at_least(1),
+    "max_response_size": _int_at_least(1),
+    "default_response_timeout": _float_at_least(0.001),
+    "default_startup_timeout": _float_at_least(0.001),
+    "batch_size": _int_at_least(1),
+    "max_batch_delay": _float_at_least(0),
+    "enable_model_api": _bool,
+    "allowed_urls": lambda v: [u.strip() for u in v.split(",") if u.strip()],
+    "disable_token_authorization": _bool,
+    "enable_metrics_api": _bool,
+    "cors_allowed_origin": _optional_str,
+    "cors_allowed_methods": _optional_str,
+    "cors_allowed_headers": _optional_str,
+    "install_py_dep_per_model": _bool,
+    "model_snapshot": _bool,
+    "log_location": lambda v: v.strip() or "logs",
+    "key_file": lambda v: v.strip() or "key_file.json",
+    "intra_op_threads": _int_at_least(0),
+    "shutdown_timeout": _float_at_least(0),
+    "max_connections": _int_at_least(1),
+    "header_timeout": _float_at_least(0.1),
+    "max_model_load_failures": _int_at_least(1),
+    "url_download_timeout": _float_at_least(0.1),
+    "max_archive_size": _int_at_least(1),
+    "log_level": lambda v: _choice(v.strip().upper(), ("DEBUG", "INFO", "WARNING", "ERROR")),
+    "log_format": lambda v: _choice(v.strip().lower(), ("plain", "json")),
+}
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_server_config(properties_file: Path | None, environ: Mapping[str, str], overrides: Mapping[str, str]) -> ServerConfig:
+    """Build the configuration from the file, the environment and CLI overrides, in that order."""
+    config = ServerConfig()
+    if properties_file is not None:
+        try:
+            text = properties_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {properties_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{properties_file} is not UTF-8 text") from None
+        config.apply(parse_properties(text), str(properties_file))
+    from_env = {
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in environ.items()
+        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in _PARSERS
+    }
+    config.apply(from_env, "environment")
+    config.apply(overrides, "command line")
+    config.check()
+    return config
+
+
+# ---- per-model configuration ----------------------------------------------------------------------------------
+
+# model-config.yaml key -> (ModelConfig field, parser)
+_MODEL_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {}
+
+
+@dataclass
+class ModelConfig:
+    """Per-version settings: server defaults, overridden by model-config.yaml, overridden at registration."""
+
+    min_workers: int
+    max_workers: int
+    batch_size: int
+    max_batch_delay_ms: float
+    response_timeout_s: float
+    startup_timeout_s: float
+    job_queue_size: int
+    device_type: str = "cpu"
+    intra_op_threads: int = 0
+    handler: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def defaults(cls, server: ServerConfig) -> ModelConfig:
+        workers = server.default_workers_per_model
+        return cls(
+            min_workers=workers,
+            max_workers=workers,
+            batch_size=server.batch_size,
+            max_batch_delay_ms=server.max_batch_delay,
+            response_timeout_s=server.default_response_timeout,
+            startup_timeout_s=server.default_startup_timeout,
+            job_queue_size=server.job_queue_size,
+            intra_op_threads=server.intra_op_threads,
+        )
+
+    def updated(self, values: Mapping[str, Any], source: str) -> ModelConfig:
+        """A copy with model-config.yaml style keys applied; invalid values raise ConfigError."""
+        changes: dict[str, Any] = {}
+        raw = dict(self.raw)
+        for key, value in values.items():
+            if value is None:
+                continue
+            spec = _MODEL_KEYS.get(key)
+            if spec is None:
+                raw[key] = value
+                if key not in _KNOWN_PASSTHROUGH:
+                    log.warning("%s: unknown model configuration key %r kept for the handler", source, key)
+                continue
+            name, parser = spec
+            try:
+                changes[name] = parser(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{source}: invalid {key}: {exc}") from None
+            raw[key] = value
+        result = dataclasses.replace(self, raw=raw, **changes)
+        if "minWorkers" in values and "maxWorkers" not in values:
+            result.max_workers = max(result.max_workers, result.min_workers)
+        if "maxWorkers" in values and "minWorkers" not in values:
+            result.min_workers = min(result.min_workers, result.max_workers)
+        if result.max_workers < result.min_workers:
+            raise ConfigError(f"{source}: maxWorkers ({result.max_workers}) < minWorkers ({result.min_workers})")
+        return result
+
+
+def _yaml_int(minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(f"expected an integer, got {value!r}")
+        number = int(value)
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+def _yaml_float(minimum: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"expected a number, got {value!r}")
+        number = float(value)
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum:g}, got {number:g}")
+        return number
+
+    return parse
+
+
+def _device(value: Any) -> str:
+    if value not in ("cpu", "gpu"):
+        raise ValueError(f"expected cpu or gpu, got {value!r}")
+    return str(value)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping")
+    return dict(value)
+
+
+_MODEL_KEYS.update({
+    "minWorkers": ("min_workers", _yaml_int(0)),
+    "maxWorkers": ("max_workers", _yaml_int(0)),
+    "batchSize": ("batch_size", _yaml_int(1)),
+    "maxBatchDelay": ("max_batch_delay_ms", _yaml_float(0)),
+    "responseTimeout": ("response_timeout_s", _yaml_float(0.001)),
+    "startupTimeout": ("startup_timeout_s", _yaml_float(0.001)),
+    "jobQueueSize": ("job_queue_size", _yaml_int(1)),
+    "deviceType": ("device_type", _device),
+    "intraOpThreads": ("intra_op_threads", _yaml_int(0)),
+    "handler": ("handler", _mapping),
+})  # fmt: skip
+
+# TorchServe model-config keys a handler may read; kept without a warning
+_KNOWN_PASSTHROUGH = frozenset({
+    "parallelType", "parallelLevel", "deviceIds", "torchrun", "pt2", "continuousBatching", "useVenv",
+    "maxRetryTimeoutInSec", "clientTimeoutInMills", "sequenceMaxIdleMSec", "maxSequenceJobQueueSize",
+    "maxNumSequence", "sequenceBatching", "asyncCommunication", "retryTimeoutInSec",
+})  # fmt: skip
+
+
+def parse_model_yaml(text: str | bytes, source: str) -> dict[str, Any]:
+    """Parse model-config.yaml with ``yaml.safe_load`` only: object tags are refused, nothing is executed."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML (only plain YAML is accepted): {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping of keys to values")
+    return data

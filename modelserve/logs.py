@@ -1,0 +1,52 @@
+"""Logging setup for the server process (done by the CLI, never at import time)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str, fmt: str, log_config: Path | None) -> None:
+    """``--log-config`` (a dictConfig in YAML/JSON, or a fileConfig .ini) wins over level and format."""
+    if log_config is not None:
+        text = log_config.read_text()
+        if log_config.suffix in (".yaml", ".yml", ".json"):
+            data = yaml.safe_load(text)
+            if not isinstance(data, dict):
+                raise ValueError(f"{log_config} must hold a logging dictConfig mapping")
+            data.setdefault("version", 1)
+            logging.config.dictConfig(data)
+        else:
+            logging.config.fileConfig(log_config, disable_existing_loggers=False)
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(PLAIN_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

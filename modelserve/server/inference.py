@@ -1,0 +1,184 @@
+"""The inference application: /ping, /predictions, health, and this port's OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from modelserve.errors import ModelLoadError, ServiceUnavailableError
+from modelserve.models.version import ModelVersion
+from modelserve.server.errors import MAX_BODY_KEY, Handler, error_middleware, error_response, status_for
+from modelserve.server.openapi import DESCRIBE_ROUTES, RouteDoc, build_document, name_param, version_param
+from modelserve.server.state import STATE, ServerState
+from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferResult
+
+access_log = logging.getLogger("modelserve.access")
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+REQUEST_ID = web.RequestKey("request_id", str)
+
+ROUTES = [
+    *DESCRIBE_ROUTES,
+    RouteDoc("GET", "/ping", "Health of the server and its models", responses={200: "Healthy", 500: "Unhealthy"}),
+    RouteDoc(
+        "POST", "/predictions/{name}", "Predict with the default version", (name_param(),),
+        {200: "Prediction", 400: "Bad input", 404: "Unknown model", 413: "Body too large", 503: "Busy"},
+        body="application/octet-stream",
+    ),
+    RouteDoc(
+        "PUT", "/predictions/{name}", "Predict with the default version", (name_param(),),
+        {200: "Prediction", 400: "Bad input", 404: "Unknown model", 413: "Body too large", 503: "Busy"},
+        body="application/octet-stream",
+    ),
+    RouteDoc(
+        "POST", "/predictions/{name}/{version}", "Predict with one version", (name_param(), version_param()),
+        {200: "Prediction", 400: "Bad input", 404: "Unknown model or version", 503: "Busy"},
+        body="application/octet-stream",
+    ),
+    RouteDoc(
+        "PUT", "/predictions/{name}/{version}", "Predict with one version", (name_param(), version_param()),
+        {200: "Prediction", 400: "Bad input", 404: "Unknown model or version", 503: "Busy"},
+        body="application/octet-stream",
+    ),
+    RouteDoc("GET", "/v2/health/live", "Liveness", responses={200: "Live"}),
+    RouteDoc("GET", "/v2/health/ready", "Readiness", responses={200: "Ready", 503: "Not ready"}),
+]
+
+
+def request_id_of(request: web.Request) -> str:
+    supplied = request.headers.get(REQUEST_ID_HEADER, "")
+    return supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request_id_of(request)
+    request[REQUEST_ID] = request_id
+    response = await handler(request)
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+def _result_response(result: InferResult, max_response_size: int) -> web.Response:
+    if result.content_type == ERROR_CONTENT_TYPE:
+        return error_response(result.status, result.body.decode("utf-8", "replace"))
+    if len(result.body) > max_response_size:
+        return error_response(
+            500, f"handler response of {len(result.body)} bytes exceeds max_response_size ({max_response_size})"
+        )
+    response = web.Response(status=result.status, body=result.body, headers=result.headers or None)
+    response.headers["Content-Type"] = result.content_type
+    return response
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        # refuse before reading: not one byte of it is buffered, let alone sent to a worker
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)
+    return await request.read()
+
+
+async def infer(request: web.Request, version: ModelVersion, body: bytes) -> InferResult:
+    """Queue one request on ``version`` and await its result; the job is abandoned if the client goes away."""
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    job = version.submit(body, request.headers.get("Content-Type", ""), headers, request[REQUEST_ID])
+    try:
+        return await job.future
+    except ModelLoadError as exc:
+        raise ServiceUnavailableError(str(exc), retry_after_s=30) from None
+    except asyncio.CancelledError:
+        job.future.cancel()
+        raise
+
+
+async def predictions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    started = time.perf_counter()
+    name = request.match_info["name"]
+    version_name = request.match_info.get("version")
+    version: ModelVersion | None = None
+    status = 500
+    try:
+        if state.draining:
+            raise ServiceUnavailableError("server is shutting down", retry_after_s=5)
+        version = state.registry.get(name, version_name)
+        body = await _read_body(request, state.config.max_request_size)
+        result = await infer(request, version, body)
+        response = _result_response(result, state.config.max_response_size)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except Exception as exc:
+        status = status_for(exc)
+        raise
+    except asyncio.CancelledError:
+        status = 499  # client closed the connection
+        raise
+    finally:
+        latency = time.perf_counter() - started
+        if version is not None:
+            version.stats.record_request(status, latency)
+        access_log.info(
+            "%s %s %s %s %d %.2fms",
+            request[REQUEST_ID], name, version.version if version else (version_name or "-"),
+            request.method, status, latency * 1000,
+        )  # fmt: skip
+
+
+async def ping(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.draining:
+        return web.json_response({"status": "Draining"}, status=503, headers={"Retry-After": "5"})
+    healthy = all(v.healthy for v in state.registry.all_versions())
+    return web.json_response({"status": "Healthy" if healthy else "Unhealthy"}, status=200 if healthy else 500)
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"live": True})
+
+
+async def ready(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    is_ready = not state.draining and not state.pending_loads and all(
+        v.state.value == "READY" for v in state.registry.all_versions()
+    )
+    return web.json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+
+def describe_handler(document: dict[str, Any]) -> Handler:
+    text = json.dumps(document)
+
+    async def describe(request: web.Request) -> web.Response:
+        return web.Response(text=text, content_type="application/json")
+
+    return describe
+
+
+def create_inference_app(state: ServerState) -> web.Application:
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware], client_max_size=state.config.max_request_size
+    )
+    app[STATE] = state
+    app[MAX_BODY_KEY] = state.config.max_request_size
+    describe = describe_handler(build_document("Inference API", ROUTES))
+    app.router.add_route("OPTIONS", "/", describe)
+    app.router.add_get("/api-description", describe)
+    app.router.add_get("/ping", ping)
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
+    for path in ("/predictions/{name}", "/predictions/{name}/{version}"):
+        app.router.add_post(path, predictions)
+        app.router.add_put(path, predictions)
+    return app
+

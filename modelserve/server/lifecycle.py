@@ -1,0 +1,189 @@
+"""Server lifecycle: bind the three ports, load the startup models, serve, drain on SIGTERM, clean up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from modelserve.config import ServerConfig, is_loopback, parse_address
+from modelserve.errors import ModelServeError
+from modelserve.models.registry import ModelRegistry, RegisterOptions
+from modelserve.models.store import ModelStore
+from modelserve.server.auth import write_key_file
+from modelserve.server.inference import create_inference_app
+from modelserve.server.management import create_management_app
+from modelserve.server.metrics_app import create_metrics_app
+from modelserve.server.state import ServerState
+
+log = logging.getLogger("modelserve.server")
+
+
+@dataclass
+class StartupOptions:
+    """What the command line adds to the configuration."""
+
+    models: list[str] = field(default_factory=list)
+    token_auth: bool = True
+    model_api: bool = False
+    snapshot: bool = True
+
+
+@dataclass
+class BoundAddresses:
+    inference: str
+    management: str
+    metrics: str | None
+
+
+def parse_model_specs(specs: list[str], store: ModelStore) -> list[tuple[str | None, str]]:
+    """``--models`` items -> (name override, url). Accepts name=file, file, a directory, ``all``."""
+    result: list[tuple[str | None, str]] = []
+    for spec in specs:
+        for item in spec.replace(",", " ").split():
+            if item == "all":
+                result.extend((None, name) for name in store.list_archives())
+                continue
+            name, sep, url = item.partition("=")
+            result.append((name, url) if sep else (None, item))
+    return result
+
+
+class Server:
+    def __init__(self, config: ServerConfig, options: StartupOptions) -> None:
+        self.config = config
+        self.options = options
+        self.work_dir = Path(tempfile.mkdtemp(prefix="modelserve-work-"))
+        store = ModelStore(Path(config.model_store) if config.model_store else None)
+        snapshot_path = Path(config.log_location) / "config" / "snapshot.json" if options.snapshot else None
+        self.state = ServerState(
+            config=config,
+            registry=ModelRegistry(config, self.work_dir),
+            store=store,
+            snapshot_path=snapshot_path,
+            model_api_enabled=options.model_api,
+        )
+        self.runners: list[web.AppRunner] = []
+        self.stop_event = asyncio.Event()
+
+    async def _serve_app(self, app: web.Application, address: str) -> str:
+        host, port = parse_address(address)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, max_line_size=8190,
+                               max_field_size=8190, max_headers=100)  # fmt: skip
+        await runner.setup()
+        self.runners.append(runner)
+        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ModelServeError(f"cannot bind {address}: {exc.strerror or exc}") from None
+        bound_port = runner.addresses[0][1] if runner.addresses else port
+        shown_host = f"[{host}]" if ":" in host else host
+        return f"http://{shown_host}:{bound_port}"
+
+    async def start(self) -> BoundAddresses:
+        config = self.config
+        token: str | None = None
+        if self.options.token_auth:
+            token = write_key_file(Path(config.key_file))
+        inference = await self._serve_app(create_inference_app(self.state), config.inference_address)
+        management = await self._serve_app(create_management_app(self.state, token), config.management_address)
+        metrics = None
+        if config.enable_metrics_api:
+            metrics = await self._serve_app(create_metrics_app(self.state), config.metrics_address)
+        for address in (config.inference_address, config.management_address):
+            host, _ = parse_address(address)
+            if not is_loopback(host):
+                log.warning("%s is reachable from other machines: put authentication in front of it", address)
+        if token is not None:
+            log.info("management API token written to %s", Path(config.key_file).resolve())
+        return BoundAddresses(inference, management, metrics)
+
+    async def load_startup_models(self) -> None:
+        """Restore the snapshot (if any), then load the models named on the command line, concurrently."""
+        registry = self.state.registry
+        store = self.state.store
+        jobs: list[tuple[str | None, str, RegisterOptions]] = []
+        restored_urls: set[str] = set()
+        defaults: dict[str, str] = {}
+        snapshot = self.state.load_snapshot()
+        if snapshot:
+            for name, versions in (snapshot.get("models") or {}).items():
+                for version, entry in versions.items():
+                    overrides = {k: entry[k] for k in ("batchSize", "maxBatchDelay", "responseTimeout") if k in entry}
+                    overrides["maxWorkers"] = entry.get("maxWorkers")
+                    options = RegisterOptions(
+                        model_name=name, handler=entry.get("handler"), initial_workers=entry.get("minWorkers"),
+                        config_overrides=overrides, loaded_at_startup=True,
+                    )  # fmt: skip
+                    jobs.append((name, entry["url"], options))
+                    restored_urls.add(entry["url"])
+                    if entry.get("defaultVersion"):
+                        defaults[name] = version
+            log.info("restoring %d model versions from snapshot %s", len(jobs), self.state.snapshot_path)
+        for name, url in parse_model_specs(self.options.models + self.config.load_models, store):
+            if url not in restored_urls:
+                jobs.append((name, url, RegisterOptions(model_name=name, loaded_at_startup=True)))
+                restored_urls.add(url)
+
+        async def load(name: str | None, url: str, options: RegisterOptions) -> None:
+            label = name or url
+            self.state.pending_loads.add(label)
+            try:
+                await registry.register(store.resolve(url), options)
+            except ModelServeError as exc:
+                log.error("cannot load %s: %s", url, exc)
+            finally:
+                self.state.pending_loads.discard(label)
+
+        await asyncio.gather(*(load(*job) for job in jobs))
+        for name, version in defaults.items():
+            with contextlib.suppress(ModelServeError):
+                registry.set_default(name, version)
+        self.state.save_snapshot()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+
+    def remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+    async def shutdown(self) -> None:
+        """Drain: readiness false and new requests 503; queued and in-flight requests finish; then stop."""
+        log.info("shutting down: draining in-flight requests (up to %g s)", self.config.shutdown_timeout)
+        self.state.save_snapshot()
+        self.state.draining = True
+        await self.state.registry.stop_all(self.config.shutdown_timeout)
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+        self.runners.clear()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        log.info("modelserve stopped")
+
+
+def describe_startup(addresses: BoundAddresses, config: ServerConfig, state: ServerState) -> list[str]:
+    lines = [
+        f"Inference API bound to {addresses.inference}",
+        f"Management API bound to {addresses.management}",
+        f"Metrics API bound to {addresses.metrics}" if addresses.metrics else "Metrics API disabled",
+        f"Model store: {state.store.root or '(none)'}",
+    ]
+    for version in state.registry.all_versions():
+        lines.append(f"Model {version.name} version {version.version}: {version.state.value}")
+    return lines
+
+
+def status_summary(state: ServerState) -> dict[str, Any]:
+    return {v.name + ":" + v.version: v.state.value for v in state.registry.all_versions()}

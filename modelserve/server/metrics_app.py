@@ -1,0 +1,148 @@
+"""The metrics application: Prometheus text from a registry the server owns (never the global one)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from modelserve.models.version import ModelVersion
+from modelserve.server.errors import error_middleware
+from modelserve.server.inference import describe_handler
+from modelserve.server.openapi import DESCRIBE_ROUTES, RouteDoc, build_document
+from modelserve.server.state import STATE, ServerState
+from modelserve.stats import Histogram
+
+VERSION_LABELS = ["model_name", "model_version"]
+ROUTES = [*DESCRIBE_ROUTES, RouteDoc("GET", "/metrics", "Prometheus metrics", responses={200: "Prometheus text"})]
+
+
+def _histogram(family: HistogramMetricFamily, labels: list[str], histogram: Histogram) -> None:
+    family.add_metric(labels, histogram.cumulative(), histogram.sum)
+
+
+class ServerCollector(Collector):
+    """Builds every family at scrape time from the live registry: unregistered versions simply vanish."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.disk_path = Path(state.store.root) if state.store.root else Path.cwd()
+        psutil.cpu_percent(None)  # prime the CPU counter so the first scrape has a real figure
+
+    def collect(self) -> Iterator[Metric]:
+        versions = self.state.registry.all_versions()
+        yield from self._request_families(versions)
+        yield from self._worker_families(versions)
+        yield from self._handler_families(versions)
+        yield from self._system_families()
+
+    def _request_families(self, versions: list[ModelVersion]) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "modelserve_requests", "Inference requests by response status", labels=[*VERSION_LABELS, "status"]
+        )
+        latency = HistogramMetricFamily(
+            "modelserve_request_duration_seconds", "End-to-end inference latency in the server", labels=VERSION_LABELS
+        )
+        queue = HistogramMetricFamily(
+            "modelserve_queue_wait_seconds", "Time from arrival to being sent to a worker", labels=VERSION_LABELS
+        )
+        handler = HistogramMetricFamily(
+            "modelserve_handler_duration_seconds", "Time in the handler per batch, by step",
+            labels=[*VERSION_LABELS, "step"],
+        )  # fmt: skip
+        batch = HistogramMetricFamily("modelserve_batch_size", "Requests per batch sent to a worker", labels=VERSION_LABELS)
+        depth = GaugeMetricFamily("modelserve_queue_depth", "Requests waiting in the queue", labels=VERSION_LABELS)
+        for v in versions:
+            labels = [v.name, v.version]
+            for status, count in sorted(v.stats.requests.items()):
+                requests.add_metric([*labels, str(status)], count)
+            _histogram(latency, labels, v.stats.latency)
+            _histogram(queue, labels, v.stats.queue_wait)
+            for step, histogram in sorted(v.stats.handler_steps.items()):
+                _histogram(handler, [*labels, step], histogram)
+            _histogram(batch, labels, v.stats.batch_size)
+            depth.add_metric(labels, len(v.batcher))
+        yield from (requests, latency, queue, handler, batch, depth)
+
+    def _worker_families(self, versions: list[ModelVersion]) -> Iterator[Metric]:
+        live = GaugeMetricFamily("modelserve_workers_live", "Workers alive and ready", labels=VERSION_LABELS)
+        restarts = CounterMetricFamily("modelserve_worker_restarts", "Workers replaced after dying", labels=VERSION_LABELS)
+        rss = GaugeMetricFamily("modelserve_worker_rss_bytes", "Resident memory of each worker",
+                                labels=[*VERSION_LABELS, "worker_id"])  # fmt: skip
+        ready = GaugeMetricFamily("modelserve_model_ready", "1 when the version is READY", labels=VERSION_LABELS)
+        for v in versions:
+            labels = [v.name, v.version]
+            live.add_metric(labels, v.pool.ready_count())
+            restarts.add_metric(labels, v.stats.worker_restarts)
+            ready.add_metric(labels, 1.0 if v.state.value == "READY" else 0.0)
+            for worker in v.pool.workers():
+                if worker.pid is None or not worker.alive:
+                    continue
+                try:
+                    rss.add_metric([*labels, worker.worker_id], psutil.Process(worker.pid).memory_info().rss)
+                except psutil.Error:
+                    continue
+        yield from (live, restarts, rss, ready)
+
+    def _handler_families(self, versions: list[ModelVersion]) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for v in versions:
+            for name, series in v.stats.handler_metrics.items():
+                full = f"modelserve_handler_{name}"
+                labels = [*VERSION_LABELS, *series.label_names]
+                family = families.get(full)
+                if family is None:
+                    description = series.description or f"handler metric {name}"
+                    if series.kind == "counter":
+                        family = CounterMetricFamily(full, description, labels=labels)
+                    elif series.kind == "gauge":
+                        family = GaugeMetricFamily(full, description, labels=labels)
+                    else:
+                        family = HistogramMetricFamily(full, description, labels=labels)
+                    families[full] = family
+                for key, value in series.values.items():
+                    family.add_metric([v.name, v.version, *key], value)  # type: ignore[attr-defined]
+                for key, histogram in series.histograms.items():
+                    _histogram(family, [v.name, v.version, *key], histogram)  # type: ignore[arg-type]
+        yield from families.values()
+
+    def _system_families(self) -> Iterator[Metric]:
+        memory = psutil.virtual_memory()
+        disk = shutil.disk_usage(self.disk_path)
+        yield GaugeMetricFamily("modelserve_system_cpu_utilization_ratio", "Machine CPU use, 0 to 1",
+                                value=psutil.cpu_percent(None) / 100.0)  # fmt: skip
+        yield GaugeMetricFamily("modelserve_system_memory_used_bytes", "Machine memory in use", value=memory.used)
+        yield GaugeMetricFamily("modelserve_system_memory_available_bytes", "Machine memory available",
+                                value=memory.available)  # fmt: skip
+        yield GaugeMetricFamily("modelserve_system_memory_utilization_ratio", "Machine memory use, 0 to 1",
+                                value=memory.percent / 100.0)  # fmt: skip
+        yield GaugeMetricFamily("modelserve_system_disk_used_bytes", "Disk used where the model store lives",
+                                value=disk.used)  # fmt: skip
+        yield GaugeMetricFamily("modelserve_system_disk_free_bytes", "Disk free where the model store lives",
+                                value=disk.free)  # fmt: skip
+        yield GaugeMetricFamily("modelserve_uptime_seconds", "Seconds since the server started",
+                                value=time.monotonic() - self.state.started_at)  # fmt: skip
+
+
+def create_metrics_app(state: ServerState) -> web.Application:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(state))
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(middlewares=[error_middleware])
+    app[STATE] = state
+    describe = describe_handler(build_document("Metrics API", ROUTES))
+    app.router.add_route("OPTIONS", "/", describe)
+    app.router.add_get("/api-description", describe)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,201 @@
+"""The worker program: ``python -m modelserve.workers.main --fd N``.
+
+One model version per worker. A single blocking loop: receive a batch frame, run the handler, send the results.
+The parent owns batching, timeouts and supervision; the worker only computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from modelserve.handler import BadInputError, BaseHandler, Context, HandleFunction, RequestInfo, load_handler
+from modelserve.workers import payload
+from modelserve.workers.protocol import (
+    LENGTH,
+    InferMessage,
+    InferResult,
+    InitMessage,
+    LoadFailedMessage,
+    Message,
+    ReadyMessage,
+    ResultMessage,
+    ShutdownMessage,
+    decode,
+    encode,
+)
+
+log = logging.getLogger("modelserve.worker")
+
+
+class Channel:
+    """Blocking frame I/O over the worker's end of the socket pair."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def _recv_exact(self, size: int) -> memoryview:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        received = 0
+        while received < size:
+            count = self.sock.recv_into(view[received:], size - received)
+            if count == 0:
+                raise EOFError("parent closed the connection")
+            received += count
+        return view
+
+    def receive(self) -> Message:
+        (length,) = LENGTH.unpack(self._recv_exact(LENGTH.size))
+        frame = self._recv_exact(length)
+        return decode(frame[0], frame[1:])
+
+    def send(self, message: Message) -> None:
+        self.sock.sendmsg(encode(message))
+
+
+def _set_thread_count(threads: int) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and threads > 0:
+        torch.set_num_threads(threads)
+
+
+def _status_for(exc: BaseException) -> int:
+    if isinstance(exc, BadInputError):
+        return 400
+    if isinstance(exc, MemoryError):
+        return 507
+    return 500
+
+
+class Worker:
+    def __init__(self, channel: Channel, init: InitMessage) -> None:
+        self.channel = channel
+        self.init = init
+        self.context = Context(
+            model_name=init.model_name,
+            model_version=init.model_version,
+            model_dir=init.model_dir,
+            manifest=init.manifest,
+            batch_size=init.batch_size,
+            model_yaml_config=init.model_config,
+            intra_op_threads=init.intra_op_threads,
+        )
+        self.handle: HandleFunction | None = None
+        self.instance: BaseHandler | None = None
+
+    def load(self) -> None:
+        from modelserve.archive.builtin import builtin_handlers_dir
+
+        model_dir = Path(self.init.model_dir)
+        os.chdir(model_dir)
+        self.handle, self.instance = load_handler(model_dir, self.init.handler, builtin_handlers_dir())
+        if self.instance is not None:
+            self.instance.initialize(self.context)
+        else:
+            # TorchServe calls a function entry once with no data to let it initialize
+            self.handle(None, self.context)  # type: ignore[arg-type]
+        _set_thread_count(self.init.intra_op_threads)
+
+    def run_batch(self, message: InferMessage) -> ResultMessage:
+        requests = message.requests
+        results: list[InferResult | None] = [None] * len(requests)
+        data: list[dict[str, Any]] = []
+        infos: list[RequestInfo] = []
+        positions: list[int] = []
+        for index, request in enumerate(requests):
+            try:
+                data.append(payload.decode_request(request.body, request.content_type))
+            except BadInputError as exc:
+                results[index] = payload.error_result(400, str(exc))
+                continue
+            infos.append(RequestInfo(request.request_id, request.headers, request.content_type))
+            positions.append(index)
+        timings: dict[str, float] = {}
+        if data:
+            self._run_handler(data, infos, positions, results, timings)
+        final = [r if r is not None else payload.error_result(500, "no result") for r in results]
+        metrics = [sample.__dict__ for sample in self.context.metrics.drain()]
+        return ResultMessage(batch_id=message.batch_id, results=final, timings=timings, metrics=metrics)
+
+    def _run_handler(self, data: list[dict[str, Any]], infos: list[RequestInfo], positions: list[int],
+                     results: list[InferResult | None], timings: dict[str, float]) -> None:
+        assert self.handle is not None
+        self.context.begin_batch(infos)
+        self.context.timings = {}
+        started = time.perf_counter()
+        try:
+            outputs = self.handle(data, self.context)
+            if not isinstance(outputs, list) or len(outputs) != len(data):
+                count = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
+                raise RuntimeError(
+                    f"handler returned {count} results for a batch of {len(data)} requests; "
+                    "it must return a list with one result per request"
+                )
+        except Exception as exc:
+            status = _status_for(exc)
+            if status == 500:
+                traceback.print_exc()
+            message = str(exc) if status == 400 else f"{type(exc).__name__}: {exc}"
+            for index in positions:
+                results[index] = payload.error_result(status, message)
+            return
+        finally:
+            timings.update(self.context.timings)
+            timings["handler"] = time.perf_counter() - started
+        for slot, (index, output) in enumerate(zip(positions, outputs, strict=True)):
+            results[index] = payload.encode_result(output, self.context.responses[slot])
+
+
+def _serve(channel: Channel) -> int:
+    first = channel.receive()
+    if not isinstance(first, InitMessage):
+        raise RuntimeError(f"expected an init frame, got {type(first).__name__}")
+    worker = Worker(channel, first)
+    try:
+        worker.load()
+    except BaseException as exc:
+        traceback.print_exc()
+        channel.send(LoadFailedMessage(error=f"{type(exc).__name__}: {exc}"))
+        return 1
+    channel.send(ReadyMessage(pid=os.getpid()))
+    while True:
+        try:
+            message = channel.receive()
+        except EOFError:
+            return 0
+        if isinstance(message, ShutdownMessage):
+            return 0
+        if isinstance(message, InferMessage):
+            channel.send(worker.run_batch(message))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelserve-worker")
+    parser.add_argument("--fd", type=int, required=True, help="inherited socket file descriptor")
+    args = parser.parse_args(argv)
+    # the parent handles Ctrl-C and SIGTERM for the whole tree; a worker stops when told or when its socket closes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=os.environ.get("MODELSERVE_WORKER_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    sock = socket.socket(fileno=args.fd)
+    try:
+        return _serve(Channel(sock))
+    except (EOFError, ConnectionError):
+        return 0
+    finally:
+        sock.close()
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,99 @@
+"""Request bodies into the handler's ``data`` dicts, and handler outputs into response bytes (worker side)."""
+
+from __future__ import annotations
+
+import json
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any
+
+from modelserve.handler import BadInputError, ResponseInfo
+from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferResult
+
+JSON_TYPE = "application/json"
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _parse_multipart(body: bytes, content_type: str) -> dict[str, Any]:
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        raise BadInputError("malformed multipart body (no parts or missing boundary)")
+    fields: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            raise BadInputError("multipart part without a name in its Content-Disposition")
+        value = part.get_payload(decode=True)
+        raw = value if isinstance(value, bytes) else b""
+        fields[name] = raw if part.get_filename() is not None else _maybe_text(raw)
+    if not fields:
+        raise BadInputError("multipart body has no fields")
+    return fields
+
+
+def _maybe_text(raw: bytes) -> Any:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def decode_request(body: bytes, content_type: str) -> dict[str, Any]:
+    """The ``data`` dict TorchServe handlers expect: the payload under ``body`` and ``data``, form fields by name."""
+    media = _media_type(content_type)
+    if media == JSON_TYPE or media.endswith("+json"):
+        try:
+            value: Any = json.loads(body) if body else None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadInputError(f"request body is not valid JSON: {exc}") from None
+        return {"body": value, "data": value}
+    if media == "multipart/form-data":
+        fields = _parse_multipart(body, content_type)
+        first = next(iter(fields.values()))
+        return {"body": first, "data": first, **fields}
+    if media == "application/x-www-form-urlencoded":
+        from urllib.parse import parse_qs
+
+        # curl --data-binary sends this type for any file: keep the raw body, add fields only for real form text
+        try:
+            parsed = {k: v[0] for k, v in parse_qs(body.decode("utf-8"), strict_parsing=True).items()}
+        except (UnicodeDecodeError, ValueError):
+            parsed = {}
+        return {**parsed, "body": body, "data": body}
+    return {"body": body, "data": body}
+
+
+def _json_default(value: Any) -> Any:
+    # numpy arrays and scalars, torch tensors: everything with tolist() or item()
+    for attr in ("tolist", "item"):
+        method = getattr(value, attr, None)
+        if callable(method):
+            return method()
+    raise TypeError(f"result of type {type(value).__name__} is not JSON serializable")
+
+
+def encode_result(output: Any, response: ResponseInfo) -> InferResult:
+    """bytes raw, str as text, anything else as JSON; the handler's status and content type win."""
+    if isinstance(output, (bytes, bytearray, memoryview)):
+        body, content_type = bytes(output), "application/octet-stream"
+    elif isinstance(output, str):
+        body, content_type = output.encode(), "text/plain; charset=utf-8"
+    else:
+        try:
+            body = json.dumps(output, default=_json_default).encode()
+        except (TypeError, ValueError) as exc:
+            return error_result(500, f"handler result cannot be sent: {exc}")
+        content_type = JSON_TYPE
+    return InferResult(
+        status=response.status,
+        content_type=response.content_type or content_type,
+        headers=dict(response.headers),
+        body=body,
+    )
+
+
+def error_result(status: int, message: str) -> InferResult:
+    return InferResult(status=status, content_type=ERROR_CONTENT_TYPE, body=message.encode())

@@ -1,0 +1,219 @@
+"""One worker process, seen from the parent: start, send a batch, read the reply, stop.
+
+Workers are separate programs (``python -m modelserve.workers.main``) that inherit nothing of the parent but one end
+of a unix socket pair. Their stdout and stderr are read line by line into the server log with a
+``[model:version:worker]`` prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+
+from modelserve.errors import WorkerDiedError, WorkerLoadError, WorkerTimeoutError
+from modelserve.workers.protocol import (
+    LENGTH,
+    InferMessage,
+    InitMessage,
+    LoadFailedMessage,
+    Message,
+    ProtocolError,
+    ReadyMessage,
+    ResultMessage,
+    ShutdownMessage,
+    decode,
+    encode,
+)
+
+log = logging.getLogger("modelserve.worker")
+
+
+class WorkerState(enum.Enum):
+    STARTING = "STARTING"
+    READY = "READY"
+    BUSY = "BUSY"
+    STOPPED = "STOPPED"
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "no exit status"
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class WorkerProcess:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, worker_id: str, log_prefix: str) -> None:
+        self.worker_id = worker_id
+        self.log_prefix = log_prefix
+        self.state = WorkerState.STARTING
+        self.start_time = time.time()
+        self.process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._log_tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def start(self, init: InitMessage, startup_timeout_s: float, env: Mapping[str, str]) -> None:
+        """Spawn the worker and wait until its handler initialized; raise WorkerLoadError otherwise."""
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "modelserve.workers.main", "--fd", str(child_sock.fileno()),
+                pass_fds=(child_sock.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=dict(env),
+            )  # fmt: skip
+        except OSError as exc:
+            parent_sock.close()
+            raise WorkerLoadError(f"cannot start a worker process: {exc}") from exc
+        finally:
+            child_sock.close()
+        self._log_tasks = [
+            asyncio.create_task(self._pump(self.process.stdout, logging.INFO)),
+            asyncio.create_task(self._pump(self.process.stderr, logging.WARNING)),
+        ]
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent_sock)
+        await self._send(init)
+        try:
+            reply = await asyncio.wait_for(self._receive(), startup_timeout_s)
+        except TimeoutError:
+            await self.kill()
+            raise WorkerLoadError(f"worker did not finish loading within {startup_timeout_s:g} s") from None
+        except WorkerDiedError as exc:
+            raise WorkerLoadError(f"worker exited while loading ({exc})") from None
+        if isinstance(reply, LoadFailedMessage):
+            await self.kill()
+            raise WorkerLoadError(reply.error)
+        if not isinstance(reply, ReadyMessage):
+            await self.kill()
+            raise WorkerLoadError(f"unexpected first reply {type(reply).__name__}")
+        self.state = WorkerState.READY
+
+    async def _pump(self, stream: asyncio.StreamReader | None, level: int) -> None:
+        if stream is None:
+            return
+        while True:
+            try:
+                line = await stream.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                continue  # an over-long line: skip it rather than stop logging
+            if not line:
+                return
+            log.log(level, "[%s] %s", self.log_prefix, line.decode("utf-8", "replace").rstrip())
+
+    async def _send(self, message: Message) -> None:
+        assert self._writer is not None
+        self._writer.writelines(encode(message))
+        await self._writer.drain()
+
+    async def _receive(self) -> Message:
+        assert self._reader is not None
+        try:
+            (length,) = LENGTH.unpack(await self._reader.readexactly(LENGTH.size))
+            frame = await self._reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise WorkerDiedError(await self._death_reason()) from exc
+        try:
+            return decode(frame[0], memoryview(frame)[1:])
+        except ProtocolError as exc:
+            await self.kill()
+            raise WorkerDiedError(f"worker sent a broken frame ({exc})") from exc
+
+    async def _death_reason(self) -> str:
+        assert self.process is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.process.wait(), 2.0)
+        return describe_exit(self.process.returncode)
+
+    async def infer(self, message: InferMessage, timeout_s: float) -> ResultMessage:
+        """Send one batch and wait for its results; raise WorkerDiedError or WorkerTimeoutError."""
+        self.state = WorkerState.BUSY
+        try:
+            try:
+                await self._send(message)
+            except (ConnectionError, RuntimeError) as exc:
+                raise WorkerDiedError(await self._death_reason()) from exc
+            try:
+                reply = await asyncio.wait_for(self._receive(), timeout_s)
+            except TimeoutError:
+                await self.kill()
+                raise WorkerTimeoutError(f"handler did not answer within responseTimeout ({timeout_s:g} s)") from None
+            if not isinstance(reply, ResultMessage) or reply.batch_id != message.batch_id:
+                await self.kill()
+                raise WorkerDiedError(f"worker answered out of protocol ({type(reply).__name__})")
+            return reply
+        finally:
+            if self.state is WorkerState.BUSY:
+                self.state = WorkerState.READY
+
+    async def wait_exit(self) -> int:
+        assert self.process is not None
+        return await self.process.wait()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Ask the worker to exit; kill it if it does not within ``grace_s``."""
+        if self.alive and self._writer is not None and not self._writer.is_closing():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self._send(ShutdownMessage())
+        if self.process is not None:
+            try:
+                await asyncio.wait_for(self.process.wait(), grace_s)
+            except TimeoutError:
+                await self.kill()
+        await self._close()
+
+    async def kill(self) -> None:
+        if self.alive and self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+        await self._close()
+
+    async def _close(self) -> None:
+        self.state = WorkerState.STOPPED
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._writer.wait_closed()
+            self._writer = None
+        if self._log_tasks:
+            # let the pumps drain what the worker printed last, then stop them
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*self._log_tasks, return_exceptions=True), 1.0)
+            for task in self._log_tasks:
+                task.cancel()
+            self._log_tasks = []
+
+
+def worker_environment(threads: int) -> dict[str, str]:
+    """The worker's environment: the parent's, with the thread policy applied before any import happens."""
+    env = dict(os.environ)
+    if threads > 0:
+        for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[key] = str(threads)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
