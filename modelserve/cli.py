@@ -130,6 +130,9 @@ def _install_event_loop_policy() -> None:
 
 
 def run_foreground(args: argparse.Namespace, config: ServerConfig) -> int:
+    if args.ready_fd is not None:
+        # workers must not inherit the readiness pipe, or --start would wait for them to exit
+        os.set_inheritable(args.ready_fd, False)
     configure_logging(config.log_level, config.log_format, args.log_config)
     pid_file = args.pid_file or default_pid_file()
     pid_file.write_text(f"{os.getpid()}\n")

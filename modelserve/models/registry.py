@@ -130,7 +130,11 @@ class ModelRegistry:
         if options.synchronous:
             try:
                 await version.wait_ready()
-            except ModelLoadError:
+            except ModelLoadError as exc:
+                if options.loaded_at_startup:
+                    # a startup model stays visible as FAILED, with its error in the description
+                    log.error("model %s version %s FAILED: %s", name, version_name, exc)
+                    return version
                 await self._remove(version)
                 raise
         return version

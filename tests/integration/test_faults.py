@@ -1,0 +1,209 @@
+"""Faults the server must survive (RELIABILITY.md), each against a real server process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.support.server import Response, ServerProcess, call, make_archive, running_server, wait_for
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("faults")
+    store = root / "model_store"
+    store.mkdir()
+    one = "minWorkers: 1\nmaxWorkers: 1\n"
+    make_archive(store, "sleepy", "sleep_handler.py", config_yaml=one + "responseTimeout: 2\n")
+    make_archive(store, "crashy", "crash_handler.py", config_yaml=one)
+    make_archive(store, "wrong", "wrong_length_handler.py", config_yaml=one)
+    make_archive(store, "broken", "fail_init_handler.py", config_yaml=one)
+    make_archive(store, "echo", "echo_handler.py", config_yaml=one)
+    make_archive(store, "tiny_queue", "sleep_handler.py", config_yaml=one + "jobQueueSize: 3\n")
+    record = root / "seen.txt"
+    make_archive(store, "recorder", "batch_handler.py",
+                 config_yaml=one + f"handler:\n  record_to: {record}\n  pause_s: 0.8\n")  # fmt: skip
+    models = ["sleepy.mar", "crashy.mar", "wrong.mar", "broken.mar", "echo.mar", "tiny_queue.mar", "recorder.mar"]
+    with running_server(root, store, models, extra_args=["--ncs"], config="max_request_size=1000\n") as running:
+        yield running
+
+
+def describe(server: ServerProcess, model: str) -> dict[str, object]:
+    result = server.manage("GET", f"/models/{model}").json()[0]
+    assert isinstance(result, dict)
+    return result
+
+
+def worker_pid(server: ServerProcess, model: str) -> int:
+    workers = describe(server, model)["workers"]
+    assert isinstance(workers, list) and workers
+    return int(workers[0]["pid"])
+
+
+def wait_ready(server: ServerProcess, model: str, timeout: float = 30) -> None:
+    def ready() -> bool:
+        workers = describe(server, model)["workers"]
+        return isinstance(workers, list) and any(w["status"] == "READY" for w in workers)
+
+    wait_for(ready, timeout, f"{model} has a ready worker")
+
+
+def test_sigkill_mid_request_fails_promptly_then_recovers(server: ServerProcess) -> None:
+    pid = worker_pid(server, "sleepy")
+    results: list[tuple[Response, float]] = []
+
+    def slow() -> None:
+        started = time.monotonic()
+        results.append((server.predict("sleepy", b"1.5"), time.monotonic() - started))
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    wait_for(lambda: describe(server, "sleepy")["workers"][0]["status"] == "BUSY", 10, "busy")  # type: ignore[index]
+    os.kill(pid, signal.SIGKILL)
+    thread.join(30)
+    response, elapsed = results[0]
+    assert response.status == 500
+    message = response.json()["message"]
+    assert "died" in message and "SIGKILL" in message
+    assert elapsed < 1.5, "the request must fail when the worker dies, not when the handler would have finished"
+    wait_ready(server, "sleepy")
+    assert worker_pid(server, "sleepy") != pid
+    assert server.predict("sleepy", b"0").status == 200
+
+
+def test_repeated_crashes_never_hang(server: ServerProcess) -> None:
+    for _ in range(3):
+        wait_ready(server, "crashy")
+        response = server.predict("crashy", b"crash", timeout=20)
+        assert response.status == 500 and "SIGKILL" in response.json()["message"]
+    wait_ready(server, "crashy")
+    assert server.predict("crashy", b"ok").status == 200
+    metrics = call("GET", server.metrics + "/metrics").text
+    assert 'modelserve_worker_restarts_total{model_name="crashy",model_version="1.0"} 3.0' in metrics
+
+
+def test_handler_that_raises_gives_500_and_worker_stays(server: ServerProcess) -> None:
+    wait_ready(server, "crashy")
+    pid = worker_pid(server, "crashy")
+    response = server.predict("crashy", b"raise")
+    assert response.status == 500
+    assert response.json()["message"] == "RuntimeError: the handler raised on purpose"
+    assert "Traceback" not in response.text
+    assert worker_pid(server, "crashy") == pid
+    assert "Traceback" in server.log_text(), "the traceback goes to the log"
+
+
+def test_memory_error_gives_507(server: ServerProcess) -> None:
+    wait_ready(server, "crashy")
+    response = server.predict("crashy", b"oom")
+    assert response.status == 507 and "cannot allocate" in response.json()["message"]
+    assert server.predict("echo", b"fine").status == 200
+
+
+def test_wrong_number_of_results_is_a_clear_500(server: ServerProcess) -> None:
+    response = server.predict("wrong", b"x")
+    assert response.status == 500
+    assert "returned 2 results for a batch of 1" in response.json()["message"]
+
+
+def test_hang_past_response_timeout_gives_504_then_recovers(server: ServerProcess) -> None:
+    wait_ready(server, "sleepy")
+    pid = worker_pid(server, "sleepy")
+    started = time.monotonic()
+    response = server.predict("sleepy", b"30")
+    elapsed = time.monotonic() - started
+    assert response.status == 504
+    assert "responseTimeout" in response.json()["message"]
+    assert 2.0 <= elapsed < 6.0
+    wait_ready(server, "sleepy")
+    assert worker_pid(server, "sleepy") != pid
+    assert server.predict("sleepy", b"0").status == 200
+
+
+def test_failing_initialize_ends_failed_while_others_serve(server: ServerProcess) -> None:
+    wait_for(lambda: describe(server, "broken")["status"] == "FAILED", 60, "broken is FAILED")
+    described = describe(server, "broken")
+    assert "weights are corrupt" in str(described["error"])
+    response = server.predict("broken", b"x")
+    assert response.status == 503 and "failed to load" in response.json()["message"]
+    assert "retry-after" in response.headers
+    assert call("GET", server.inference + "/ping").status == 500
+    assert server.predict("echo", b"alive").body == b"alive"
+
+
+def test_burst_over_the_queue_gets_fast_503s(server: ServerProcess) -> None:
+    wait_ready(server, "tiny_queue")
+    with ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(server.predict, "tiny_queue", b"0.3", None, 30) for _ in range(20)]
+        live = call("GET", server.inference + "/v2/health/live")
+        results = [f.result() for f in futures]
+    statuses = sorted(r.status for r in results)
+    assert set(statuses) == {200, 503}
+    # one in the worker plus three queued fit; the rest are refused at once
+    assert 4 <= statuses.count(200) <= 8
+    refused = [r for r in results if r.status == 503]
+    assert all(r.headers.get("retry-after") for r in refused)
+    assert all("queue is full" in r.json()["message"] for r in refused)
+    assert live.status == 200
+
+
+def test_oversized_body_is_413_before_any_worker_sees_it(server: ServerProcess) -> None:
+    record = server.workdir / "seen.txt"
+    before = record.read_text() if record.exists() else ""
+    declared = server.predict("recorder", b"x" * 5000)
+    assert declared.status == 413 and "limit" in declared.json()["message"]
+    # chunked: no Content-Length, the limit is enforced while reading
+    parts = urlsplit(server.inference)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        chunk = b"y" * 800
+        request = b"POST /predictions/recorder HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(3)) + b"0\r\n\r\n"
+        sock.sendall(request + body)
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 413")
+    after = record.read_text() if record.exists() else ""
+    assert after == before, "no oversized request may reach the handler"
+    assert server.predict("recorder", b"small").status == 200
+
+
+def test_client_gone_while_queued_never_reaches_the_worker(server: ServerProcess) -> None:
+    record = server.workdir / "seen.txt"
+    first: list[Response] = []
+    holder = threading.Thread(target=lambda: first.append(server.predict("recorder", b"a", {"x-request-id": "holder"})))
+    holder.start()
+    wait_for(lambda: record.exists() and "holder" in record.read_text(), 10, "first request running")
+    parts = urlsplit(server.inference)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(b"POST /predictions/recorder HTTP/1.1\r\nHost: x\r\nx-request-id: quitter\r\n"
+                     b"Content-Length: 1\r\n\r\nq")  # fmt: skip
+        time.sleep(0.1)  # let the server queue it, then hang up while it waits
+    holder.join(30)
+    assert first[0].status == 200
+    after = server.predict("recorder", b"b", {"x-request-id": "after"})
+    assert after.status == 200
+    seen = record.read_text().split()
+    assert "after" in seen and "quitter" not in seen
+
+
+def test_client_gone_mid_inference_does_not_break_its_batch(tmp_path: Path, store: Path) -> None:
+    make_archive(store, "batchy", "batch_handler.py",
+                 config_yaml="minWorkers: 1\nbatchSize: 4\nmaxBatchDelay: 300\nhandler:\n  pause_s: 0.5\n")  # fmt: skip
+    with running_server(tmp_path, store, ["batchy.mar"], extra_args=["--ncs"]) as server:
+        parts = urlsplit(server.inference)
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(server.predict, "batchy", b"x") for _ in range(3)]
+            with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+                sock.sendall(b"POST /predictions/batchy HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nq")
+                time.sleep(0.35)  # inside the batch, then gone mid-inference
+            results = [f.result() for f in futures]
+        assert [r.status for r in results] == [200, 200, 200]
+        assert server.predict("batchy", b"y").status == 200
