@@ -41,12 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--stop", action="store_true", help="stop the running server gracefully and wait")
     parser.add_argument("--foreground", action="store_true", help="stay attached (containers, supervisors)")
     parser.add_argument("--model-store", help="directory holding model archives")
-    parser.add_argument("--models", nargs="+", default=[], metavar="SPEC",
-                        help="name=file.mar, file.mar, a directory, or 'all'; several separated by spaces or commas")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=[],
+        metavar="SPEC",
+        help="name=file.mar, file.mar, a directory, or 'all'; several separated by spaces or commas",
+    )
     parser.add_argument("--ts-config", type=Path, help="config.properties file (TorchServe key names)")
     parser.add_argument("--log-config", type=Path, help="logging configuration (dictConfig YAML/JSON or .ini)")
-    parser.add_argument("--ncs", "--no-config-snapshots", dest="ncs", action="store_true",
-                        help="do not write or restore model snapshots")
+    parser.add_argument(
+        "--ncs",
+        "--no-config-snapshots",
+        dest="ncs",
+        action="store_true",
+        help="do not write or restore model snapshots",
+    )
     parser.add_argument("--disable-token-auth", action="store_true", help="no bearer token on the management API")
     parser.add_argument("--enable-model-api", action="store_true", help="allow registering/unregistering over HTTP")
     parser.add_argument("--pid-file", type=Path, default=None, help="PID file (default: in the temp directory)")

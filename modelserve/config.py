@@ -221,7 +221,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load_server_config(properties_file: Path | None, environ: Mapping[str, str], overrides: Mapping[str, str]) -> ServerConfig:
+def load_server_config(
+    properties_file: Path | None, environ: Mapping[str, str], overrides: Mapping[str, str]
+) -> ServerConfig:
     """Build the configuration from the file, the environment and CLI overrides, in that order."""
     config = ServerConfig()
     if properties_file is not None:

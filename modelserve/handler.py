@@ -48,8 +48,9 @@ class HandlerMetrics:
     def __init__(self) -> None:
         self._samples: list[MetricSample] = []
 
-    def add_counter(self, name: str, value: float = 1.0, labels: dict[str, str] | None = None,
-                    description: str = "") -> None:
+    def add_counter(
+        self, name: str, value: float = 1.0, labels: dict[str, str] | None = None, description: str = ""
+    ) -> None:
         if value < 0:
             raise ValueError("a counter can only increase")
         self._record("counter", name, value, labels, description)
@@ -94,9 +95,17 @@ class ResponseInfo:
 class Context:
     """Per-worker information plus per-batch request headers and response settings."""
 
-    def __init__(self, model_name: str, model_version: str, model_dir: str, manifest: dict[str, Any],
-                 batch_size: int, model_yaml_config: dict[str, Any], intra_op_threads: int,
-                 gpu_id: int | None = None) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        model_version: str,
+        model_dir: str,
+        manifest: dict[str, Any],
+        batch_size: int,
+        model_yaml_config: dict[str, Any],
+        intra_op_threads: int,
+        gpu_id: int | None = None,
+    ) -> None:
         self.model_name = model_name
         self.model_version = model_version
         self.manifest = manifest
@@ -147,7 +156,11 @@ class Context:
 class BaseHandler:
     """Default handler flow: ``preprocess`` -> ``inference`` -> ``postprocess``.
 
-    Subclasses override the steps they need; ``handle`` records how long each step took.
+    ``initialize`` loads the archive's model (eager, TorchScript, safetensors weights or ONNX) into ``self.model``
+    (a ``modelserve.loading.LoadedModel``). Subclasses override the steps they need.
+
+    A subclass that defines ``preprocess_one(item)`` and ``collate(samples)`` gets per-request input errors: an item
+    whose ``preprocess_one`` raises ``BadInputError`` is answered with 400 while the rest of the batch runs.
     """
 
     def __init__(self) -> None:
@@ -155,9 +168,29 @@ class BaseHandler:
         self.model: Any = None
         self.initialized = False
 
+    @property
+    def handler_config(self) -> dict[str, Any]:
+        """The ``handler:`` section of model-config.yaml."""
+        if self.context is None:
+            return {}
+        section = self.context.model_yaml_config.get("handler") or {}
+        return section if isinstance(section, dict) else {}
+
     def initialize(self, context: Context) -> None:
+        from modelserve.loading import load_model
+
         self.context = context
+        model_dir = Path(context.system_properties["model_dir"])
+        device = str(context.model_yaml_config.get("deviceType", "cpu"))
+        threads = int(context.system_properties.get("intra_op_threads") or 0)
+        self.model = load_model(model_dir, context.manifest, threads, device)
         self.initialized = True
+
+    def preprocess_one(self, item: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def collate(self, samples: list[Any]) -> Any:
+        return samples
 
     def preprocess(self, data: list[dict[str, Any]]) -> Any:
         return [item.get("data", item.get("body")) for item in data]
@@ -165,19 +198,45 @@ class BaseHandler:
     def inference(self, data: Any, *args: Any, **kwargs: Any) -> Any:
         if self.model is None:
             return data
-        return self.model(data, *args, **kwargs)
+        run = getattr(self.model, "run", None)
+        return run(data, *args) if run is not None else self.model(data, *args, **kwargs)
 
     def postprocess(self, data: Any) -> list[Any]:
         return list(data)
 
+    def _per_item(self) -> bool:
+        return type(self).preprocess_one is not BaseHandler.preprocess_one
+
     def handle(self, data: list[dict[str, Any]], context: Context) -> list[Any]:
         self.context = context
         start = time.perf_counter()
-        batch = self.preprocess(data)
+        results: list[Any] = [None] * len(data)
+        good = list(range(len(data)))
+        if self._per_item():
+            samples = []
+            good = []
+            for index, item in enumerate(data):
+                try:
+                    samples.append(self.preprocess_one(item))
+                    good.append(index)
+                except BadInputError as exc:
+                    context.set_response_status(400, str(exc), index)
+                    results[index] = {"code": 400, "type": "BadRequestException", "message": str(exc)}
+            batch = self.collate(samples) if samples else None
+        else:
+            batch = self.preprocess(data)
         after_pre = time.perf_counter()
-        output = self.inference(batch)
-        after_inf = time.perf_counter()
-        results = self.postprocess(output)
+        outputs: list[Any] = []
+        if good:
+            output = self.inference(batch)
+            after_inf = time.perf_counter()
+            outputs = self.postprocess(output)
+        else:
+            after_inf = after_pre
+        if len(outputs) != len(good):
+            raise RuntimeError(f"postprocess returned {len(outputs)} results for {len(good)} inputs")
+        for index, output in zip(good, outputs, strict=True):
+            results[index] = output
         context.timings = {
             "preprocess": after_pre - start,
             "inference": after_inf - after_pre,
@@ -211,9 +270,11 @@ def load_handler(model_dir: Path, handler: str, builtin_dir: Path | None) -> tup
         path = builtin_dir / f"{stem}.py"
     if not path.is_file():
         raise HandlerError(f"handler file {stem}.py not found in the archive")
+    # a handler file named like an installed package (onnx.py) must not shadow that package
+    module_name = stem if stem not in sys.modules and importlib.util.find_spec(stem) is None else f"_handler_{stem}"
     if str(model_dir) not in sys.path:
         sys.path.insert(0, str(model_dir))  # handlers import their sibling files, as in TorchServe
-    module = _import_file(path, stem)
+    module = _import_file(path, module_name)
     if function_name:
         entry = getattr(module, function_name, None)
         if not callable(entry):

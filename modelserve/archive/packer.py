@@ -138,8 +138,13 @@ def _copy_with_progress(src_path: Path, dest: object, progress: ProgressCallback
                 progress(len(chunk))
 
 
-def _write_zip(target: Path, entries: list[tuple[Path, str]], manifest: Manifest, compression: int,
-               progress: ProgressCallback | None) -> None:
+def _write_zip(
+    target: Path,
+    entries: list[tuple[Path, str]],
+    manifest: Manifest,
+    compression: int,
+    progress: ProgressCallback | None,
+) -> None:
     with zipfile.ZipFile(target, "w", compression=compression) as archive:
         for source, name in entries:
             info = zipfile.ZipInfo.from_file(source, arcname=name)
@@ -149,8 +154,9 @@ def _write_zip(target: Path, entries: list[tuple[Path, str]], manifest: Manifest
         archive.writestr(MANIFEST_PATH, manifest.to_json())
 
 
-def _write_tgz(target: Path, entries: list[tuple[Path, str]], manifest: Manifest, top: str,
-               progress: ProgressCallback | None) -> None:
+def _write_tgz(
+    target: Path, entries: list[tuple[Path, str]], manifest: Manifest, top: str, progress: ProgressCallback | None
+) -> None:
     import io
 
     with tarfile.open(target, "w:gz") as archive:
@@ -168,8 +174,9 @@ def _write_tgz(target: Path, entries: list[tuple[Path, str]], manifest: Manifest
         archive.addfile(info, io.BytesIO(data))
 
 
-def _write_dir(target: Path, entries: list[tuple[Path, str]], manifest: Manifest,
-               progress: ProgressCallback | None) -> None:
+def _write_dir(
+    target: Path, entries: list[tuple[Path, str]], manifest: Manifest, progress: ProgressCallback | None
+) -> None:
     target.mkdir()
     for source, name in entries:
         dest = target / name
@@ -231,4 +238,3 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
-

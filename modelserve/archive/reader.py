@@ -101,7 +101,8 @@ class _Budget:
         self.total += count
         if self.total > self.limits.max_total_bytes:
             raise ArchiveLimitError(
-                f"archive expands past {self.limits.max_total_bytes} bytes (at entry {name!r}): refusing a possible bomb"
+                f"archive expands past {self.limits.max_total_bytes} bytes "
+                f"(at entry {name!r}): refusing a possible bomb"
             )
 
 
@@ -168,7 +169,7 @@ def _extract_zip(source: Path, staging: Path, limits: ArchiveLimits) -> None:
 def _extract_tar(source: Path, staging: Path, limits: ArchiveLimits) -> None:
     compressed_size = source.stat().st_size
     try:
-        archive = tarfile.open(source, mode="r:*")
+        archive = tarfile.open(source, mode="r:*")  # noqa: SIM115 - closed by the with block below
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ArchiveError(f"{source.name} is not a readable tar archive: {exc}") from None
     budget = _Budget(limits)
@@ -276,7 +277,9 @@ def read_manifest(root: Path) -> Manifest:
     return Manifest.from_json(path.read_bytes())
 
 
-def extract_archive(source: Path, parent_dir: Path | None = None, limits: ArchiveLimits | None = None) -> ExtractedArchive:
+def extract_archive(
+    source: Path, parent_dir: Path | None = None, limits: ArchiveLimits | None = None
+) -> ExtractedArchive:
     """Unpack ``source`` into a fresh directory under ``parent_dir`` and validate its manifest.
 
     The caller owns the returned directory and removes it with ``ExtractedArchive.cleanup()``.

@@ -39,9 +39,9 @@ class ModelStore:
         for entry in sorted(self.root.iterdir()):
             if entry.name.startswith("."):
                 continue
-            if entry.is_file() and entry.name.endswith(ARCHIVE_SUFFIXES):
-                names.append(entry.name)
-            elif entry.is_dir() and (entry / "MAR-INF" / "MANIFEST.json").is_file():
+            if (entry.is_file() and entry.name.endswith(ARCHIVE_SUFFIXES)) or (
+                entry.is_dir() and (entry / "MAR-INF" / "MANIFEST.json").is_file()
+            ):
                 names.append(entry.name)
         return names
 
@@ -91,7 +91,9 @@ async def _resolves_to_allowed_address(host: str) -> None:
             raise ForbiddenError(f"{host} resolves to a forbidden address {address}")
 
 
-async def download(url: str, allowed_patterns: list[str], dest_dir: Path, max_bytes: int, timeout_s: float) -> ModelSource:
+async def download(
+    url: str, allowed_patterns: list[str], dest_dir: Path, max_bytes: int, timeout_s: float
+) -> ModelSource:
     """Fetch an archive over HTTP(S), checking every hop against ``allowed_urls`` before any byte is written."""
     import aiohttp
     import yarl

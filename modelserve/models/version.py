@@ -28,9 +28,18 @@ class VersionState(enum.Enum):
 
 
 class ModelVersion:
-    def __init__(self, name: str, version: str, url: str, extracted: ExtractedArchive, config: ModelConfig,
-                 loaded_at_startup: bool, max_load_failures: int, thread_count: Callable[[ModelConfig], int],
-                 handler: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        url: str,
+        extracted: ExtractedArchive,
+        config: ModelConfig,
+        loaded_at_startup: bool,
+        max_load_failures: int,
+        thread_count: Callable[[ModelConfig], int],
+        handler: str | None = None,
+    ) -> None:
         self.name = name
         self.version = version
         self.url = url
@@ -87,8 +96,7 @@ class ModelVersion:
         """Enough live workers for its minimum (what /ping checks)."""
         return self.pool.failed is False and self.pool.ready_count() >= self.min_workers
 
-    def submit(self, body: bytes, content_type: str, headers: dict[str, str],
-               request_id: str | None = None) -> Job:
+    def submit(self, body: bytes, content_type: str, headers: dict[str, str], request_id: str | None = None) -> Job:
         """Queue one request; raise ServiceUnavailableError when it cannot be served now."""
         if self.unloading:
             raise ServiceUnavailableError(f"model {self.name} version {self.version} is being unregistered")
@@ -165,4 +173,3 @@ class ModelVersion:
         if self.pool.last_error and self.state in (VersionState.FAILED, VersionState.LOADING):
             description["error"] = self.pool.last_error
         return description
-

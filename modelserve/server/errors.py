@@ -65,9 +65,11 @@ def status_for(error: Exception) -> int:
     return 500
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None,
-                   v2_style: bool = False) -> web.Response:
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, v2_style: bool = False
+) -> web.Response:
     """TorchServe-style ``{"code", "type", "message"}``; the Open Inference Protocol's ``{"error"}`` on /v2."""
+    body: dict[str, object]
     if v2_style:
         body = {"error": message}
     else:

@@ -29,22 +29,34 @@ ROUTES = [
     *DESCRIBE_ROUTES,
     RouteDoc("GET", "/ping", "Health of the server and its models", responses={200: "Healthy", 500: "Unhealthy"}),
     RouteDoc(
-        "POST", "/predictions/{name}", "Predict with the default version", (name_param(),),
+        "POST",
+        "/predictions/{name}",
+        "Predict with the default version",
+        (name_param(),),
         {200: "Prediction", 400: "Bad input", 404: "Unknown model", 413: "Body too large", 503: "Busy"},
         body="application/octet-stream",
     ),
     RouteDoc(
-        "PUT", "/predictions/{name}", "Predict with the default version", (name_param(),),
+        "PUT",
+        "/predictions/{name}",
+        "Predict with the default version",
+        (name_param(),),
         {200: "Prediction", 400: "Bad input", 404: "Unknown model", 413: "Body too large", 503: "Busy"},
         body="application/octet-stream",
     ),
     RouteDoc(
-        "POST", "/predictions/{name}/{version}", "Predict with one version", (name_param(), version_param()),
+        "POST",
+        "/predictions/{name}/{version}",
+        "Predict with one version",
+        (name_param(), version_param()),
         {200: "Prediction", 400: "Bad input", 404: "Unknown model or version", 503: "Busy"},
         body="application/octet-stream",
     ),
     RouteDoc(
-        "PUT", "/predictions/{name}/{version}", "Predict with one version", (name_param(), version_param()),
+        "PUT",
+        "/predictions/{name}/{version}",
+        "Predict with one version",
+        (name_param(), version_param()),
         {200: "Prediction", 400: "Bad input", 404: "Unknown model or version", 503: "Busy"},
         body="application/octet-stream",
     ),
@@ -150,8 +162,10 @@ async def live(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    is_ready = not state.draining and not state.pending_loads and all(
-        v.state.value == "READY" for v in state.registry.all_versions()
+    is_ready = (
+        not state.draining
+        and not state.pending_loads
+        and all(v.state.value == "READY" for v in state.registry.all_versions())
     )
     return web.json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
@@ -181,4 +195,3 @@ def create_inference_app(state: ServerState) -> web.Application:
         app.router.add_post(path, predictions)
         app.router.add_put(path, predictions)
     return app
-

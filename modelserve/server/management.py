@@ -36,7 +36,8 @@ ROUTES = [
     RouteDoc("POST", "/models", "Register a model version", REGISTER_PARAMS,
              {200: "Registered", 202: "Accepted", 400: "Bad request", 404: "Archive not found",
               405: "Model API disabled", 409: "Already registered", 500: "Load failed"}),
-    RouteDoc("GET", "/models/{name}", "Describe the default version", (name_param(),), {200: "Description", 404: "Unknown"}),
+    RouteDoc("GET", "/models/{name}", "Describe the default version", (name_param(),),
+             {200: "Description", 404: "Unknown"}),
     RouteDoc("PUT", "/models/{name}", "Scale the default version", (name_param(), *SCALE_PARAMS),
              {200: "Scaled", 202: "Accepted", 400: "Bad request", 404: "Unknown"}),
     RouteDoc("DELETE", "/models/{name}", "Unregister the default version", (name_param(),),
@@ -158,10 +159,8 @@ def _version_of(request: web.Request) -> ModelVersion:
 async def describe_model(request: web.Request) -> web.Response:
     registry = request.app[STATE].registry
     name = request.match_info["name"]
-    if request.match_info.get("version") == "all":
-        versions = registry.versions(name)
-    else:
-        versions = [_version_of(request)]
+    wants_all = request.match_info.get("version") == "all"
+    versions = registry.versions(name) if wants_all else [_version_of(request)]
     return web.json_response([v.describe() for v in versions])
 
 

@@ -57,7 +57,9 @@ class ServerCollector(Collector):
             "modelserve_handler_duration_seconds", "Time in the handler per batch, by step",
             labels=[*VERSION_LABELS, "step"],
         )  # fmt: skip
-        batch = HistogramMetricFamily("modelserve_batch_size", "Requests per batch sent to a worker", labels=VERSION_LABELS)
+        batch = HistogramMetricFamily(
+            "modelserve_batch_size", "Requests per batch sent to a worker", labels=VERSION_LABELS
+        )
         depth = GaugeMetricFamily("modelserve_queue_depth", "Requests waiting in the queue", labels=VERSION_LABELS)
         for v in versions:
             labels = [v.name, v.version]
@@ -73,7 +75,9 @@ class ServerCollector(Collector):
 
     def _worker_families(self, versions: list[ModelVersion]) -> Iterator[Metric]:
         live = GaugeMetricFamily("modelserve_workers_live", "Workers alive and ready", labels=VERSION_LABELS)
-        restarts = CounterMetricFamily("modelserve_worker_restarts", "Workers replaced after dying", labels=VERSION_LABELS)
+        restarts = CounterMetricFamily(
+            "modelserve_worker_restarts", "Workers replaced after dying", labels=VERSION_LABELS
+        )
         rss = GaugeMetricFamily("modelserve_worker_rss_bytes", "Resident memory of each worker",
                                 labels=[*VERSION_LABELS, "worker_id"])  # fmt: skip
         ready = GaugeMetricFamily("modelserve_model_ready", "1 when the version is READY", labels=VERSION_LABELS)

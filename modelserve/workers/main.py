@@ -126,8 +126,14 @@ class Worker:
         metrics = [sample.__dict__ for sample in self.context.metrics.drain()]
         return ResultMessage(batch_id=message.batch_id, results=final, timings=timings, metrics=metrics)
 
-    def _run_handler(self, data: list[dict[str, Any]], infos: list[RequestInfo], positions: list[int],
-                     results: list[InferResult | None], timings: dict[str, float]) -> None:
+    def _run_handler(
+        self,
+        data: list[dict[str, Any]],
+        infos: list[RequestInfo],
+        positions: list[int],
+        results: list[InferResult | None],
+        timings: dict[str, float],
+    ) -> None:
         assert self.handle is not None
         self.context.begin_batch(infos)
         self.context.timings = {}
@@ -184,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # the parent handles Ctrl-C and SIGTERM for the whole tree; a worker stops when told or when its socket closes
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=os.environ.get("MODELSERVE_WORKER_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("MODELSERVE_WORKER_LOG_LEVEL", "INFO"),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     sock = socket.socket(fileno=args.fd)
     try:
         return _serve(Channel(sock))
@@ -198,4 +207,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -18,7 +18,9 @@ def _media_type(content_type: str) -> str:
 
 
 def _parse_multipart(body: bytes, content_type: str) -> dict[str, Any]:
-    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
     if not message.is_multipart():
         raise BadInputError("malformed multipart body (no parts or missing boundary)")
     fields: dict[str, Any] = {}

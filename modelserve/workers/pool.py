@@ -19,7 +19,7 @@ from modelserve.batching.batcher import Batcher, Job
 from modelserve.errors import ModelLoadError, WorkerDiedError, WorkerLoadError, WorkerTimeoutError
 from modelserve.stats import VersionStats
 from modelserve.workers.process import WorkerProcess, describe_exit, worker_environment
-from modelserve.workers.protocol import InferMessage, InitMessage, InferResult
+from modelserve.workers.protocol import InferMessage, InferResult, InitMessage
 
 log = logging.getLogger("modelserve.pool")
 
@@ -161,8 +161,15 @@ class _Slot:
 class WorkerPool:
     """The workers of one model version."""
 
-    def __init__(self, label: str, batcher: Batcher, settings: PoolSettings, stats: VersionStats,
-                 make_init: Callable[[str], InitMessage], thread_count: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        label: str,
+        batcher: Batcher,
+        settings: PoolSettings,
+        stats: VersionStats,
+        make_init: Callable[[str], InitMessage],
+        thread_count: Callable[[], int],
+    ) -> None:
         self.label = label
         self.batcher = batcher
         self.settings = settings

@@ -126,7 +126,9 @@ class ResultMessage(Message):
     def header(self) -> dict[str, Any]:
         return {
             "batch_id": self.batch_id,
-            "results": [{"status": r.status, "content_type": r.content_type, "headers": r.headers} for r in self.results],
+            "results": [
+                {"status": r.status, "content_type": r.content_type, "headers": r.headers} for r in self.results
+            ],
             "timings": self.timings,
             "metrics": self.metrics,
         }

@@ -18,7 +18,9 @@ from tests.support.paths import script
 
 
 def archive(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([script("modelserve-archive"), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [script("modelserve-archive"), *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 @pytest.fixture
@@ -159,7 +161,8 @@ def test_interrupt_leaves_no_partial_archive(inputs: Path) -> None:
         for _ in range(64):
             out.write(os.urandom(4 << 20))
     proc = subprocess.Popen(
-        [script("modelserve-archive"), "--model-name", "big", "--handler", "handler.py", "--serialized-file", "big.bin"],
+        [script("modelserve-archive"), "--model-name", "big", "--handler", "handler.py",
+         "--serialized-file", "big.bin"],
         cwd=inputs, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 30

@@ -13,7 +13,9 @@ from tests.support.server import PORT0_CONFIG, call, make_archive
 
 
 def run(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([script("modelserve"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [script("modelserve"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def test_start_daemonizes_and_stop_leaves_no_process(tmp_path: Path, store: Path) -> None:
@@ -63,7 +65,9 @@ def test_port_in_use_is_reported(tmp_path: Path, store: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        (tmp_path / "c.properties").write_text(PORT0_CONFIG.replace("8080", "x") + f"inference_address=http://127.0.0.1:{port}\n")
+        (tmp_path / "c.properties").write_text(
+            PORT0_CONFIG.replace("8080", "x") + f"inference_address=http://127.0.0.1:{port}\n"
+        )
         result = run("--start", "--model-store", str(store), "--ts-config", "c.properties", "--ncs",
                      "--pid-file", str(tmp_path / "p.pid"), cwd=tmp_path)  # fmt: skip
     assert result.returncode != 0

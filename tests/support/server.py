@@ -44,11 +44,12 @@ class Response:
         return self.body.decode("utf-8", "replace")
 
 
-def call(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-         timeout: float = 30.0) -> Response:
+def call(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30.0
+) -> Response:
     """One HTTP request on a fresh connection."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         conn.request(method, path or "/", body=body, headers=headers or {})
@@ -68,8 +69,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float, message: str, interv
     raise AssertionError(f"timed out after {timeout:g} s: {message}")
 
 
-def make_archive(store: Path, name: str, handler: str, version: str = "1.0", config_yaml: str | None = None,
-                 extra: dict[str, bytes] | None = None, **kwargs: Any) -> Path:
+def make_archive(
+    store: Path,
+    name: str,
+    handler: str,
+    version: str = "1.0",
+    config_yaml: str | None = None,
+    extra: dict[str, bytes] | None = None,
+    **kwargs: Any,
+) -> Path:
     """Pack a test handler from tests/support (or a built-in name) into ``store``."""
     work = store.parent / f"src-{name}-{version}"
     work.mkdir(parents=True, exist_ok=True)
@@ -101,8 +109,15 @@ def make_archive(store: Path, name: str, handler: str, version: str = "1.0", con
 class ServerProcess:
     """A modelserve server in the foreground, in its own working directory."""
 
-    def __init__(self, workdir: Path, store: Path, models: list[str], extra_args: list[str] | None = None,
-                 config: str = "", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        store: Path,
+        models: list[str],
+        extra_args: list[str] | None = None,
+        config: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.store = store
         self.models = models
@@ -153,8 +168,9 @@ class ServerProcess:
     def manage(self, method: str, path: str, timeout: float = 60.0) -> Response:
         return call(method, self.management + path, headers=self.auth(), timeout=timeout)
 
-    def predict(self, model: str, body: bytes = b"", headers: dict[str, str] | None = None,
-                timeout: float = 30.0) -> Response:
+    def predict(
+        self, model: str, body: bytes = b"", headers: dict[str, str] | None = None, timeout: float = 30.0
+    ) -> Response:
         return call("POST", f"{self.inference}/predictions/{model}", body, headers, timeout)
 
     def worker_pids(self) -> list[int]:

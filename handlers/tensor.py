@@ -1,0 +1,109 @@
+"""Built-in ``tensor``: tensors in, the model's outputs as JSON out, for any TorchScript, eager or ONNX model.
+
+A request carries one input (JSON nested list, ``{"data": [...]}``, or a ``.npy`` file) or several by name
+(``{"inputs": {"name": [...], ...}}``). Each request is a batch along axis 0; a request with one dimension fewer than
+the model expects is one sample. Requests in a batch are concatenated, run once, and split back. The response is the
+output as a nested list, or ``{"output name": [...]}`` when the model has several outputs. Model config
+(``handler:``): ``dtype`` (defaults to the model's input type, else float32).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from modelserve.handler import BadInputError, BaseHandler, Context
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class TensorHandler(BaseHandler):
+    def initialize(self, context: Context) -> None:
+        super().initialize(context)
+        specs = self.model.inputs if self.model is not None else []
+        self.input_names = [s.name for s in specs] or ["input"]
+        self.dtypes = {s.name: self.handler_config.get("dtype", s.dtype) for s in specs}
+        self.ranks = {s.name: len(s.shape) for s in specs if s.shape}
+        self.shapes = {s.name: s.shape for s in specs if s.shape}
+        self.default_dtype = str(self.handler_config.get("dtype", "float32"))
+
+    def _array(self, name: str, value: Any) -> tuple[np.ndarray, bool]:
+        dtype = self.dtypes.get(name, self.default_dtype)
+        try:
+            array = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=dtype)
+            array = array.astype(dtype, copy=False)
+        except (ValueError, TypeError) as exc:
+            raise BadInputError(f"input {name!r} is not a rectangular array of {dtype}: {exc}") from None
+        if array.dtype == object:
+            raise BadInputError(f"input {name!r} is not a rectangular numeric array")
+        rank = self.ranks.get(name)
+        single = rank is not None and array.ndim == rank - 1
+        if single:
+            array = array[None]
+        expected = self.shapes.get(name)
+        if expected is not None:
+            if array.ndim != len(expected):
+                raise BadInputError(f"input {name!r} has shape {list(array.shape)}, the model expects {expected}")
+            for got, want in zip(array.shape[1:], expected[1:], strict=True):
+                if want > 0 and got != want:
+                    raise BadInputError(f"input {name!r} has shape {list(array.shape)}, the model expects {expected}")
+        return array, single
+
+    def preprocess_one(self, item: dict[str, Any]) -> tuple[dict[str, np.ndarray], bool]:
+        value = item.get("data", item.get("body"))
+        if isinstance(value, (bytes, bytearray)):
+            if bytes(value[:6]) == NPY_MAGIC:
+                try:
+                    value = np.load(io.BytesIO(bytes(value)), allow_pickle=False)
+                except (ValueError, OSError) as exc:
+                    raise BadInputError(f"cannot read the .npy body: {exc}") from None
+            else:
+                raise BadInputError("send a JSON array (Content-Type: application/json) or a .npy file")
+        if isinstance(value, dict):
+            value = value.get("inputs", value.get("data", value.get("instances")))
+        if value is None:
+            raise BadInputError('empty input: send a JSON array, {"inputs": {...}} or a .npy file')
+        named = value if isinstance(value, dict) else {self.input_names[0]: value}
+        missing = [n for n in self.input_names if n not in named] if self.model is not None else []
+        if missing and self.model is not None and self.model.kind == "onnx":
+            raise BadInputError(f"missing input(s): {', '.join(missing)}")
+        arrays: dict[str, np.ndarray] = {}
+        single = False
+        for name, raw in named.items():
+            arrays[name], single = self._array(name, raw)
+        rows = {a.shape[0] for a in arrays.values()}
+        if len(rows) != 1:
+            raise BadInputError("all inputs of one request must have the same batch size")
+        return arrays, single
+
+    def collate(self, samples: list[Any]) -> Any:
+        self._rows = [next(iter(arrays.values())).shape[0] for arrays, _ in samples]
+        self._singles = [single for _, single in samples]
+        names = list(samples[0][0])
+        try:
+            return {n: np.concatenate([arrays[n] for arrays, _ in samples]) for n in names}
+        except (ValueError, KeyError) as exc:
+            raise BadInputError(f"requests in this batch have different shapes: {exc}") from None
+
+    def inference(self, data: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.model.kind == "onnx":
+            return self.model.run(data)
+        return self.model.run(*[data[n] for n in data])
+
+    def postprocess(self, data: Any) -> list[Any]:
+        outputs = data if isinstance(data, (list, tuple)) else [data]
+        names = [s.name for s in self.model.outputs] or [f"output_{i}" for i in range(len(outputs))]
+        results = []
+        start = 0
+        for rows, single in zip(self._rows, self._singles, strict=True):
+            parts = [np.asarray(o)[start : start + rows] for o in outputs]
+            if single:
+                parts = [p[0] for p in parts]
+            start += rows
+            if len(parts) == 1:
+                results.append(parts[0].tolist())
+            else:
+                results.append({name: part.tolist() for name, part in zip(names, parts, strict=False)})
+        return results
