@@ -52,7 +52,9 @@ class ImageSegmenter(BaseHandler):
             pixels = np.stack([classes.astype(np.float32), best], axis=-1)
             if self.labels:
                 found = sorted({int(c) for c in np.unique(classes)})
-                results.append({"mask": pixels.tolist(), "classes": {str(c): self.labels.get(str(c), str(c)) for c in found}})
+                results.append(
+                    {"mask": pixels.tolist(), "classes": {str(c): self.labels.get(str(c), str(c)) for c in found}}
+                )
             else:
                 results.append(pixels.tolist())
         return results

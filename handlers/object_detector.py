@@ -21,7 +21,9 @@ class ObjectDetector(BaseHandler):
     def initialize(self, context: Context) -> None:
         super().initialize(context)
         config = self.handler_config
-        self.transform = ImageTransform(resize=None, crop=None, normalize=False, grayscale=bool(config.get("grayscale")))
+        self.transform = ImageTransform(
+            resize=None, crop=None, normalize=False, grayscale=bool(config.get("grayscale"))
+        )
         self.threshold = float(config.get("threshold", 0.5))
         self.labels = load_labels(Path(context.system_properties["model_dir"]) / "index_to_name.json")
 

@@ -209,7 +209,7 @@ def load_model(model_dir: Path, manifest: dict[str, Any], threads: int, device_t
     if path.suffix == SAFETENSORS_SUFFIX:
         raise HandlerError(f"{path.name} holds weights only: archive it with --model-file defining the network")
     try:
-        scripted = torch.jit.load(str(path), map_location=device)
+        scripted = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
     except Exception as exc:
         raise HandlerError(
             f"{path.name} is not TorchScript ({_first_line(exc)}); a state_dict needs --model-file"

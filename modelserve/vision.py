@@ -110,7 +110,7 @@ class ImageTransform:
             left = max(0, (width - self.crop) // 2)
             top = max(0, (height - self.crop) // 2)
             image = image.crop((left, top, left + self.crop, top + self.crop))
-        array = np.asarray(image, dtype=np.float32) / 255.0
+        array: Any = np.asarray(image, dtype=np.float32) / 255.0
         if array.ndim == 2:
             array = array[:, :, None]
         if self.normalize:

@@ -1,6 +1,6 @@
 """Train a scikit-learn classifier on the bundled iris data, convert it with skl2onnx and archive it (``onnx``).
 
-    python examples/iris_onnx/train.py --export-path model_store --samples-dir .
+python examples/iris_onnx/train.py --export-path model_store --samples-dir .
 """
 
 from __future__ import annotations

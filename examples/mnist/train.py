@@ -62,7 +62,9 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 def train(epochs: int, seed: int) -> tuple[ConvNet, float, np.ndarray, np.ndarray]:
     torch.manual_seed(seed)
     images, labels = digit_images()
-    x_train, x_test, y_train, y_test = train_test_split(images, labels, test_size=0.2, random_state=seed, stratify=labels)
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, labels, test_size=0.2, random_state=seed, stratify=labels
+    )
     model = ConvNet()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     inputs, targets = to_tensor(x_train), torch.from_numpy(y_train)
