@@ -207,36 +207,54 @@ class BaseHandler:
     def _per_item(self) -> bool:
         return type(self).preprocess_one is not BaseHandler.preprocess_one
 
+    def _run_samples(self, samples: list[Any]) -> list[Any]:
+        outputs = self.postprocess(self.inference(self.collate(samples)))
+        if len(outputs) != len(samples):
+            raise RuntimeError(f"postprocess returned {len(outputs)} results for {len(samples)} inputs")
+        return outputs
+
+    def _run_isolated(self, samples: list[Any], indices: list[int], results: list[Any], context: Context) -> None:
+        """Run the batch; if the model refuses it as bad input, run each request alone so only the bad ones fail."""
+        try:
+            outputs = self._run_samples(samples)
+        except BadInputError as exc:
+            if len(samples) == 1:
+                self._reject(indices[0], str(exc), results, context)
+                return
+            for sample, index in zip(samples, indices, strict=True):
+                self._run_isolated([sample], [index], results, context)
+            return
+        for index, output in zip(indices, outputs, strict=True):
+            results[index] = output
+
+    @staticmethod
+    def _reject(index: int, message: str, results: list[Any], context: Context) -> None:
+        context.set_response_status(400, message, index)
+        results[index] = {"code": 400, "type": "BadRequestException", "message": message}
+
     def handle(self, data: list[dict[str, Any]], context: Context) -> list[Any]:
         self.context = context
         start = time.perf_counter()
-        results: list[Any] = [None] * len(data)
-        good = list(range(len(data)))
-        if self._per_item():
-            samples = []
-            good = []
+        if not self._per_item():
+            batch = self.preprocess(data)
+            after_pre = time.perf_counter()
+            output = self.inference(batch)
+            after_inf = time.perf_counter()
+            results = self.postprocess(output)
+        else:
+            results = [None] * len(data)
+            samples: list[Any] = []
+            indices: list[int] = []
             for index, item in enumerate(data):
                 try:
                     samples.append(self.preprocess_one(item))
-                    good.append(index)
+                    indices.append(index)
                 except BadInputError as exc:
-                    context.set_response_status(400, str(exc), index)
-                    results[index] = {"code": 400, "type": "BadRequestException", "message": str(exc)}
-            batch = self.collate(samples) if samples else None
-        else:
-            batch = self.preprocess(data)
-        after_pre = time.perf_counter()
-        outputs: list[Any] = []
-        if good:
-            output = self.inference(batch)
+                    self._reject(index, str(exc), results, context)
+            after_pre = time.perf_counter()
+            if samples:
+                self._run_isolated(samples, indices, results, context)
             after_inf = time.perf_counter()
-            outputs = self.postprocess(output)
-        else:
-            after_inf = after_pre
-        if len(outputs) != len(good):
-            raise RuntimeError(f"postprocess returned {len(outputs)} results for {len(good)} inputs")
-        for index, output in zip(good, outputs, strict=True):
-            results[index] = output
         context.timings = {
             "preprocess": after_pre - start,
             "inference": after_inf - after_pre,
