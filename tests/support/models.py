@@ -58,7 +58,8 @@ class TinyTextModel(nn.Module):
         self.linear = nn.Linear(8, classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.embedding(tokens).mean(dim=1))
+        result: torch.Tensor = self.linear(self.embedding(tokens).mean(dim=1))
+        return result
 
 
 class Affine(nn.Module):
@@ -70,7 +71,8 @@ class Affine(nn.Module):
             self.linear.bias.copy_(torch.tensor([0.5, -0.5]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
+        result: torch.Tensor = self.linear(x)
+        return result
 
 
 def write(path: Path, text: str) -> Path:
@@ -84,7 +86,7 @@ def save_state(model: nn.Module, path: Path) -> Path:
 
 
 def affine_torchscript(path: Path) -> Path:
-    torch.jit.save(torch.jit.trace(Affine().eval(), torch.zeros(1, 3)), str(path))
+    torch.jit.save(torch.jit.trace(Affine().eval(), torch.zeros(1, 3)), str(path))  # type: ignore[no-untyped-call]
     return path
 
 
@@ -108,7 +110,7 @@ def text_model(work: Path) -> tuple[Path, Path]:
         model.linear.weight.copy_(torch.tensor([[-4.0, 4.0] + [0.0] * 6, [4.0, -4.0] + [0.0] * 6]))
         model.linear.bias.zero_()
     path = work / "text.pt"
-    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 4, dtype=torch.long)), str(path))
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 4, dtype=torch.long)), str(path))  # type: ignore[no-untyped-call]
     return path, work / "vocab.txt"
 
 
