@@ -40,6 +40,7 @@ def configure_logging(level: str, fmt: str, log_config: Path | None) -> None:
             if not isinstance(data, dict):
                 raise ValueError(f"{log_config} must hold a logging dictConfig mapping")
             data.setdefault("version", 1)
+            data.setdefault("disable_existing_loggers", False)
             logging.config.dictConfig(data)
         else:
             logging.config.fileConfig(log_config, disable_existing_loggers=False)

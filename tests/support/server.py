@@ -153,7 +153,7 @@ class ServerProcess:
         for line in self.process.stdout:
             self.lines.append(line.rstrip("\n"))
             for attr, label in (("inference", "Inference"), ("management", "Management"), ("metrics", "Metrics")):
-                match = re.search(rf"{label} API bound to (http://\S+)", line)
+                match = re.search(rf"{label} API bound to (http://[0-9a-zA-Z.\[\]:]+)", line)
                 if match:
                     setattr(self, attr, match.group(1))
 
