@@ -33,6 +33,21 @@ class OnnxTabular(BaseHandler):
         self.dtype = np.dtype(spec.dtype if spec.dtype in ("float32", "float64", "int64") else "float32")
         self.width = spec.shape[1] if len(spec.shape) == 2 and spec.shape[1] > 0 else None
 
+    def signature(self) -> dict[str, Any]:
+        """Inputs and outputs as the Open Inference Protocol sees them (probabilities as [rows, classes])."""
+        spec = self.model.inputs[0]
+        outputs = self.model.outputs
+        probe = self.model.model.run(None, {self.input_name: np.zeros((1, self.width or 1), dtype=self.dtype)})
+        label = np.asarray(probe[0])
+        described = [{"name": outputs[0].name, "datatype": "BYTES" if label.dtype.kind in "OUS" else "INT64",
+                      "shape": [-1]}]  # fmt: skip
+        if len(probe) > 1:
+            first = probe[1][0]
+            classes = len(first) if isinstance(first, dict) else int(np.asarray(first).size)
+            described.append({"name": outputs[1].name, "datatype": "FP32", "shape": [-1, classes]})
+        datatype = {"float32": "FP32", "float64": "FP64", "int64": "INT64"}.get(spec.dtype, "FP32")
+        return {"inputs": [{"name": spec.name, "datatype": datatype, "shape": spec.shape}], "outputs": described}
+
     def _row(self, row: Any) -> list[Any]:
         if isinstance(row, dict):
             if self.feature_names is None:
@@ -45,7 +60,16 @@ class OnnxTabular(BaseHandler):
             return row
         raise BadInputError(f"a row must be a list of features or an object, not {type(row).__name__}")
 
-    def preprocess_one(self, item: dict[str, Any]) -> tuple[np.ndarray, bool]:
+    def preprocess_one(self, item: dict[str, Any]) -> tuple[np.ndarray, bool, bool]:
+        if "oip" in item:  # Open Inference Protocol: one [N, features] tensor; answered with tensors
+            arrays = list(item["data"]["inputs"].values())
+            if len(arrays) != 1 or arrays[0].ndim != 2:
+                raise BadInputError("send one input tensor of shape [rows, features]")
+            try:
+                array = arrays[0].astype(self.dtype, copy=False)
+            except (ValueError, TypeError):
+                raise BadInputError(f"the input tensor must hold numbers ({self.dtype})") from None
+            return self._check(array), False, True
         value = item.get("data", item.get("body"))
         if isinstance(value, (bytes, bytearray)):
             raise BadInputError("send JSON rows (Content-Type: application/json)")
@@ -59,15 +83,18 @@ class OnnxTabular(BaseHandler):
             array = np.asarray(rows, dtype=self.dtype)
         except (ValueError, TypeError) as exc:
             raise BadInputError(f"rows must hold numbers of equal length: {exc}") from None
+        return self._check(array), single, False
+
+    def _check(self, array: np.ndarray) -> np.ndarray:
         if array.ndim != 2:
             raise BadInputError("rows must be flat lists of numbers")
         if self.width is not None and array.shape[1] != self.width:
             raise BadInputError(f"each row needs {self.width} features, got {array.shape[1]}")
-        return array, single
+        return array
 
     def collate(self, samples: list[Any]) -> np.ndarray:
-        self._rows = [(len(array), single) for array, single in samples]
-        return np.concatenate([array for array, _ in samples])
+        self._rows = [(len(array), single, typed) for array, single, typed in samples]
+        return np.concatenate([array for array, _, _ in samples])
 
     def inference(self, data: Any, *args: Any, **kwargs: Any) -> Any:
         return self.model.model.run(None, {self.input_name: data})
@@ -84,11 +111,27 @@ class OnnxTabular(BaseHandler):
             mapped = {str(i): float(p) for i, p in enumerate(np.asarray(probabilities).reshape(-1))}
         return {"label": label.item() if hasattr(label, "item") else label, "probabilities": mapped}
 
+    def _typed_result(self, outputs: list[Any], start: int, count: int) -> dict[str, np.ndarray]:
+        """Tensors for the Open Inference Protocol: labels, and probabilities as [rows, classes]."""
+        names = [spec.name for spec in self.model.outputs]
+        result = {names[0]: np.asarray(outputs[0])[start : start + count]}
+        if len(outputs) > 1:
+            rows = outputs[1][start : start + count]
+            if rows and isinstance(rows[0], dict):
+                classes = list(rows[0])
+                result[names[1]] = np.asarray([[row[c] for c in classes] for row in rows], dtype=np.float32)
+            else:
+                result[names[1]] = np.asarray(rows, dtype=np.float32)
+        return result
+
     def postprocess(self, data: Any) -> list[Any]:
         results: list[Any] = []
         start = 0
-        for count, single in self._rows:
-            rows = [self._row_result(data, start + i) for i in range(count)]
+        for count, single, typed in self._rows:
+            if typed:
+                results.append(self._typed_result(data, start, count))
+            else:
+                rows = [self._row_result(data, start + i) for i in range(count)]
+                results.append(rows[0] if single else rows)
             start += count
-            results.append(rows[0] if single else rows)
         return results

@@ -5,6 +5,9 @@ A request carries one input (JSON nested list, ``{"data": [...]}``, or a ``.npy`
 the model expects is one sample. Requests in a batch are concatenated, run once, and split back. The response is the
 output as a nested list, or ``{"output name": [...]}`` when the model has several outputs. Model config
 (``handler:``): ``dtype`` (defaults to the model's input type, else float32).
+
+The same handler serves the Open Inference Protocol (``/v2/models/{name}/infer``; tensors arrive as numpy arrays by
+input name, outputs go back as typed tensors) and KServe v1 (``{"instances": [...]}``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,13 @@ import numpy as np
 from modelserve.handler import BadInputError, BaseHandler, Context
 
 NPY_MAGIC = b"\x93NUMPY"
+
+
+def _strings(value: Any) -> np.ndarray:
+    """A string tensor as onnxruntime takes it: an object array of str."""
+    array = np.asarray(value, dtype=object)
+    flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+    return np.asarray(flat, dtype=object).reshape(array.shape)
 
 
 class TensorHandler(BaseHandler):
@@ -32,11 +42,14 @@ class TensorHandler(BaseHandler):
     def _array(self, name: str, value: Any) -> tuple[np.ndarray, bool]:
         dtype = self.dtypes.get(name, self.default_dtype)
         try:
-            array = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=dtype)
-            array = array.astype(dtype, copy=False)
-        except (ValueError, TypeError) as exc:
+            if dtype == "string":
+                array = _strings(value)
+            else:
+                array = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=dtype)
+                array = array.astype(dtype, copy=False)
+        except (ValueError, TypeError, OverflowError) as exc:
             raise BadInputError(f"input {name!r} is not a rectangular array of {dtype}: {exc}") from None
-        if array.dtype == object:
+        if array.dtype == object and dtype != "string":
             raise BadInputError(f"input {name!r} is not a rectangular numeric array")
         rank = self.ranks.get(name)
         single = rank is not None and array.ndim == rank - 1
@@ -51,7 +64,8 @@ class TensorHandler(BaseHandler):
                     raise BadInputError(f"input {name!r} has shape {list(array.shape)}, the model expects {expected}")
         return array, single
 
-    def preprocess_one(self, item: dict[str, Any]) -> tuple[dict[str, np.ndarray], bool]:
+    def preprocess_one(self, item: dict[str, Any]) -> tuple[dict[str, np.ndarray], bool, bool]:
+        typed = "oip" in item  # Open Inference Protocol: shapes are explicit, outputs go back as typed tensors
         value = item.get("data", item.get("body"))
         if isinstance(value, (bytes, bytearray)):
             if bytes(value[:6]) == NPY_MAGIC:
@@ -73,17 +87,20 @@ class TensorHandler(BaseHandler):
         single = False
         for name, raw in named.items():
             arrays[name], single = self._array(name, raw)
+        if any(a.ndim == 0 for a in arrays.values()):
+            raise BadInputError("inputs must be arrays, not single numbers")
         rows = {a.shape[0] for a in arrays.values()}
         if len(rows) != 1:
             raise BadInputError("all inputs of one request must have the same batch size")
-        return arrays, single
+        return arrays, single and not typed, typed
 
     def collate(self, samples: list[Any]) -> Any:
-        self._rows = [next(iter(arrays.values())).shape[0] for arrays, _ in samples]
-        self._singles = [single for _, single in samples]
+        self._rows = [next(iter(arrays.values())).shape[0] for arrays, _, _ in samples]
+        self._singles = [single for _, single, _ in samples]
+        self._typed = [typed for _, _, typed in samples]
         names = list(samples[0][0])
         try:
-            return {n: np.concatenate([arrays[n] for arrays, _ in samples]) for n in names}
+            return {n: np.concatenate([arrays[n] for arrays, _, _ in samples]) for n in names}
         except (ValueError, KeyError) as exc:
             raise BadInputError(f"requests in this batch have different shapes: {exc}") from None
 
@@ -97,8 +114,12 @@ class TensorHandler(BaseHandler):
         names = [s.name for s in self.model.outputs] or [f"output_{i}" for i in range(len(outputs))]
         results = []
         start = 0
-        for rows, single in zip(self._rows, self._singles, strict=True):
+        for rows, single, typed in zip(self._rows, self._singles, self._typed, strict=True):
             parts = [np.asarray(o)[start : start + rows] for o in outputs]
+            if typed:
+                start += rows
+                results.append(dict(zip(names, parts, strict=False)))
+                continue
             if single:
                 parts = [p[0] for p in parts]
             start += rows

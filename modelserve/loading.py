@@ -153,12 +153,15 @@ def _load_state_dict(path: Path, device: str) -> dict[str, Any]:
     return state
 
 
+_ORT_TYPES = {"float": "float32", "double": "float64", "float16": "float16"}  # others keep their names (int64, string)
+
+
 def _onnx_specs(args: Any) -> list[TensorSpec]:
     specs = []
     for arg in args:
         dtype = str(arg.type).replace("tensor(", "").rstrip(")")
         shape = [d if isinstance(d, int) else -1 for d in (arg.shape or [])]
-        specs.append(TensorSpec(arg.name, {"float": "float32", "double": "float64"}.get(dtype, dtype), shape))
+        specs.append(TensorSpec(arg.name, _ORT_TYPES.get(dtype, dtype), shape))
     return specs
 
 

@@ -17,7 +17,7 @@ from modelserve.config import ModelConfig
 from modelserve.errors import ServiceUnavailableError
 from modelserve.stats import VersionStats
 from modelserve.workers.pool import PoolSettings, WorkerPool
-from modelserve.workers.protocol import InferRequest, InitMessage
+from modelserve.workers.protocol import InferRequest, InitMessage, Protocol
 
 
 class VersionState(enum.Enum):
@@ -92,11 +92,32 @@ class ModelVersion:
         return VersionState.LOADING
 
     @property
+    def signature(self) -> dict[str, Any]:
+        """The model's inputs and outputs, as its workers reported them."""
+        return self.pool.signature
+
+    @property
+    def platform(self) -> str:
+        serialized = self.extracted.manifest.serialized_file or ""
+        if serialized.endswith((".onnx", ".ort")):
+            return "onnxruntime_onnx"
+        if serialized.endswith((".pt", ".pth", ".safetensors")):
+            return "pytorch_libtorch"
+        return "python"
+
+    @property
     def healthy(self) -> bool:
         """Enough live workers for its minimum (what /ping checks)."""
         return self.pool.failed is False and self.pool.ready_count() >= self.min_workers
 
-    def submit(self, body: bytes, content_type: str, headers: dict[str, str], request_id: str | None = None) -> Job:
+    def submit(
+        self,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str],
+        request_id: str | None = None,
+        protocol: Protocol = Protocol.TORCHSERVE,
+    ) -> Job:
         """Queue one request; raise ServiceUnavailableError when it cannot be served now."""
         if self.unloading:
             raise ServiceUnavailableError(f"model {self.name} version {self.version} is being unregistered")
@@ -107,7 +128,11 @@ class ModelVersion:
         if self.pool.target == 0:
             raise ServiceUnavailableError(f"no worker is available to serve model {self.name}; scale it up first")
         request = InferRequest(
-            request_id=request_id or uuid.uuid4().hex, content_type=content_type, headers=headers, body=body
+            request_id=request_id or uuid.uuid4().hex,
+            content_type=content_type,
+            headers=headers,
+            body=body,
+            protocol=protocol.value,
         )
         job = Job(request=request, future=asyncio.get_running_loop().create_future())
         self.batcher.submit(job)

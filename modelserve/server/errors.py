@@ -93,13 +93,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        if exc.status == 404:
+        custom = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
+        if exc.status == 413:
+            message = f"request body is larger than the limit of {request.app.get(MAX_BODY_KEY, 0)} bytes"
+        elif custom:
+            message = custom
+        elif exc.status == 404:
             message = f"no route for {request.method} {request.path}"
         elif exc.status == 405:
             message = f"method {request.method} is not allowed on {request.path}"
-        elif exc.status == 413:
-            message = f"request body is larger than the limit of {request.app.get(MAX_BODY_KEY, 0)} bytes"
+        else:
+            message = exc.reason
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
         return error_response(exc.status, message, headers or None, v2)
     except Exception as exc:

@@ -17,7 +17,7 @@ from modelserve.models.version import ModelVersion
 from modelserve.server.errors import MAX_BODY_KEY, Handler, error_middleware, error_response, status_for
 from modelserve.server.openapi import DESCRIBE_ROUTES, RouteDoc, build_document, name_param, version_param
 from modelserve.server.state import STATE, ServerState
-from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferResult
+from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferResult, Protocol
 
 access_log = logging.getLogger("modelserve.access")
 
@@ -79,9 +79,9 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     return response
 
 
-def _result_response(result: InferResult, max_response_size: int) -> web.Response:
+def _result_response(result: InferResult, max_response_size: int, v2_style: bool) -> web.Response:
     if result.content_type == ERROR_CONTENT_TYPE:
-        return error_response(result.status, result.body.decode("utf-8", "replace"))
+        return error_response(result.status, result.body.decode("utf-8", "replace"), v2_style=v2_style)
     if len(result.body) > max_response_size:
         return error_response(
             500, f"handler response of {len(result.body)} bytes exceeds max_response_size ({max_response_size})"
@@ -99,10 +99,10 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return await request.read()
 
 
-async def infer(request: web.Request, version: ModelVersion, body: bytes) -> InferResult:
+async def infer(request: web.Request, version: ModelVersion, body: bytes, protocol: Protocol) -> InferResult:
     """Queue one request on ``version`` and await its result; the job is abandoned if the client goes away."""
     headers = {k.lower(): v for k, v in request.headers.items()}
-    job = version.submit(body, request.headers.get("Content-Type", ""), headers, request[REQUEST_ID])
+    job = version.submit(body, request.headers.get("Content-Type", ""), headers, request[REQUEST_ID], protocol)
     try:
         return await job.future
     except ModelLoadError as exc:
@@ -113,6 +113,12 @@ async def infer(request: web.Request, version: ModelVersion, body: bytes) -> Inf
 
 
 async def predictions(request: web.Request) -> web.StreamResponse:
+    """TorchServe's /predictions/{name}[/{version}]."""
+    return await serve_inference(request, Protocol.TORCHSERVE)
+
+
+async def serve_inference(request: web.Request, protocol: Protocol) -> web.StreamResponse:
+    """Resolve the model version, queue the body, await the worker's answer; count and log the outcome."""
     state = request.app[STATE]
     started = time.perf_counter()
     name = request.match_info["name"]
@@ -124,8 +130,8 @@ async def predictions(request: web.Request) -> web.StreamResponse:
             raise ServiceUnavailableError("server is shutting down", retry_after_s=5)
         version = state.registry.get(name, version_name)
         body = await _read_body(request, state.config.max_request_size)
-        result = await infer(request, version, body)
-        response = _result_response(result, state.config.max_response_size)
+        result = await infer(request, version, body, protocol)
+        response = _result_response(result, state.config.max_response_size, protocol is not Protocol.TORCHSERVE)
         status = response.status
         return response
     except web.HTTPException as exc:
@@ -180,12 +186,14 @@ def describe_handler(document: dict[str, Any]) -> Handler:
 
 
 def create_inference_app(state: ServerState) -> web.Application:
+    from modelserve.server import v2
+
     app = web.Application(
         middlewares=[request_id_middleware, error_middleware], client_max_size=state.config.max_request_size
     )
     app[STATE] = state
     app[MAX_BODY_KEY] = state.config.max_request_size
-    describe = describe_handler(build_document("Inference API", ROUTES))
+    describe = describe_handler(build_document("Inference API", ROUTES + v2.INFERENCE_ROUTES))
     app.router.add_route("OPTIONS", "/", describe)
     app.router.add_get("/api-description", describe)
     app.router.add_get("/ping", ping)
@@ -194,4 +202,5 @@ def create_inference_app(state: ServerState) -> web.Application:
     for path in ("/predictions/{name}", "/predictions/{name}/{version}"):
         app.router.add_post(path, predictions)
         app.router.add_put(path, predictions)
+    v2.add_inference_routes(app)
     return app

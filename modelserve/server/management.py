@@ -203,7 +203,9 @@ def create_management_app(state: ServerState, token: str | None) -> web.Applicat
         middlewares.append(token_middleware(token))
     app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[STATE] = state
-    describe = describe_handler(build_document("Management API", ROUTES))
+    from modelserve.server import v2
+
+    describe = describe_handler(build_document("Management API", ROUTES + v2.REPOSITORY_ROUTES))
     app.router.add_route("OPTIONS", "/", describe)
     app.router.add_get("/api-description", describe)
     app.router.add_get("/models", list_models)
@@ -213,4 +215,5 @@ def create_management_app(state: ServerState, token: str | None) -> web.Applicat
         app.router.add_put(path, scale_model)
         app.router.add_delete(path, unregister_model)
     app.router.add_put("/models/{name}/{version}/set-default", set_default)
+    v2.add_repository_routes(app)
     return app

@@ -26,6 +26,7 @@ from modelserve.workers.protocol import (
     InitMessage,
     LoadFailedMessage,
     Message,
+    Protocol,
     ReadyMessage,
     ResultMessage,
     ShutdownMessage,
@@ -68,6 +69,34 @@ def _set_thread_count(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+NUMPY_TO_OIP = {
+    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64", "int8": "INT8",
+    "int16": "INT16", "int32": "INT32", "int64": "INT64", "float16": "FP16", "float32": "FP32", "float64": "FP64",
+    "string": "BYTES",
+}  # fmt: skip
+
+
+def signature_of(instance: BaseHandler | None, model_config: dict[str, Any]) -> dict[str, Any]:
+    """Inputs and outputs for /v2 metadata: model-config.yaml ``inputs``/``outputs`` win, else the loaded model's."""
+    custom = getattr(instance, "signature", None)
+    if callable(custom):
+        described = custom()
+        if isinstance(described, dict):
+            return described
+    signature: dict[str, Any] = {}
+    model = getattr(instance, "model", None)
+    for key in ("inputs", "outputs"):
+        specs = getattr(model, key, None) or []
+        signature[key] = [
+            {"name": s.name, "datatype": NUMPY_TO_OIP.get(s.dtype, s.dtype.upper()), "shape": list(s.shape)}
+            for s in specs
+        ]
+        configured = model_config.get(key)
+        if isinstance(configured, list):
+            signature[key] = [dict(item) for item in configured if isinstance(item, dict)]
+    return signature
+
+
 def _status_for(exc: BaseException) -> int:
     if isinstance(exc, BadInputError):
         return 400
@@ -91,6 +120,11 @@ class Worker:
         )
         self.handle: HandleFunction | None = None
         self.instance: BaseHandler | None = None
+        self.signature: dict[str, Any] = {}
+
+    @property
+    def output_names(self) -> list[str]:
+        return [str(o["name"]) for o in self.signature.get("outputs", [])]
 
     def load(self) -> None:
         from modelserve.archive.builtin import builtin_handlers_dir
@@ -104,6 +138,7 @@ class Worker:
             # TorchServe calls a function entry once with no data to let it initialize
             self.handle(None, self.context)  # type: ignore[arg-type]
         _set_thread_count(self.init.intra_op_threads)
+        self.signature = signature_of(self.instance, self.init.model_config)
 
     def run_batch(self, message: InferMessage) -> ResultMessage:
         requests = message.requests
@@ -113,7 +148,7 @@ class Worker:
         positions: list[int] = []
         for index, request in enumerate(requests):
             try:
-                data.append(payload.decode_request(request.body, request.content_type))
+                data.append(payload.decode_for(request))
             except BadInputError as exc:
                 results[index] = payload.error_result(400, str(exc))
                 continue
@@ -121,7 +156,8 @@ class Worker:
             positions.append(index)
         timings: dict[str, float] = {}
         if data:
-            self._run_handler(data, infos, positions, results, timings)
+            protocols = [requests[i].protocol for i in positions]
+            self._run_handler(data, infos, positions, protocols, results, timings)
         final = [r if r is not None else payload.error_result(500, "no result") for r in results]
         metrics = [sample.__dict__ for sample in self.context.metrics.drain()]
         return ResultMessage(batch_id=message.batch_id, results=final, timings=timings, metrics=metrics)
@@ -131,6 +167,7 @@ class Worker:
         data: list[dict[str, Any]],
         infos: list[RequestInfo],
         positions: list[int],
+        protocols: list[str],
         results: list[InferResult | None],
         timings: dict[str, float],
     ) -> None:
@@ -158,7 +195,22 @@ class Worker:
             timings.update(self.context.timings)
             timings["handler"] = time.perf_counter() - started
         for slot, (index, output) in enumerate(zip(positions, outputs, strict=True)):
-            results[index] = payload.encode_result(output, self.context.responses[slot])
+            response = self.context.responses[slot]
+            if protocols[slot] == Protocol.TORCHSERVE.value:
+                results[index] = payload.encode_result(output, response)
+                continue
+            if response.status >= 400:  # the protocol's own error shape, {"error": ...}
+                results[index] = payload.error_result(response.status, response.reason or str(output))
+                continue
+            try:
+                results[index] = payload.encode_protocol_result(
+                    output, data[slot], protocols[slot], self.init.model_name, self.init.model_version,
+                    self.output_names,
+                )  # fmt: skip
+            except BadInputError as exc:
+                results[index] = payload.error_result(400, str(exc))
+            except (TypeError, ValueError) as exc:
+                results[index] = payload.error_result(500, f"handler result cannot be encoded: {exc}")
 
 
 def _serve(channel: Channel) -> int:
@@ -172,7 +224,7 @@ def _serve(channel: Channel) -> int:
         traceback.print_exc()
         channel.send(LoadFailedMessage(error=f"{type(exc).__name__}: {exc}"))
         return 1
-    channel.send(ReadyMessage(pid=os.getpid()))
+    channel.send(ReadyMessage(pid=os.getpid(), signature=worker.signature))
     while True:
         try:
             message = channel.receive()

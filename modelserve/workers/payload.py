@@ -8,7 +8,7 @@ from email.policy import HTTP
 from typing import Any
 
 from modelserve.handler import BadInputError, ResponseInfo
-from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferResult
+from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferRequest, InferResult, Protocol
 
 JSON_TYPE = "application/json"
 
@@ -66,6 +66,33 @@ def decode_request(body: bytes, content_type: str) -> dict[str, Any]:
             parsed = {}
         return {**parsed, "body": body, "data": body}
     return {"body": body, "data": body}
+
+
+def decode_for(request: InferRequest) -> dict[str, Any]:
+    """The handler's data item for a request of any protocol."""
+    if request.protocol == Protocol.OIP_V2.value:
+        from modelserve.workers import oip
+
+        return oip.decode_request(request.body, request.headers)
+    item = decode_request(request.body, request.content_type)
+    if request.protocol == Protocol.KSERVE_V1.value:
+        value = item["body"]
+        if not isinstance(value, dict) or not isinstance(value.get("instances"), list):
+            raise BadInputError('KServe v1 requests are JSON objects with an "instances" list')
+    return item
+
+
+def encode_protocol_result(
+    output: Any, item: dict[str, Any], protocol: str, model_name: str, model_version: str, output_names: list[str]
+) -> InferResult:
+    """A handler's output as a KServe v1 or Open Inference Protocol v2 response."""
+    if protocol == Protocol.OIP_V2.value:
+        from modelserve.workers import oip
+
+        body, headers, content_type = oip.encode_response(output, item["oip"], model_name, model_version, output_names)
+        return InferResult(status=200, content_type=content_type, headers=headers, body=body)
+    body = json.dumps({"predictions": output}, default=_json_default).encode()
+    return InferResult(status=200, content_type=JSON_TYPE, body=body)
 
 
 def _json_default(value: Any) -> Any:

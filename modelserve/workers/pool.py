@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from modelserve.batching.batcher import Batcher, Job
 from modelserve.errors import ModelLoadError, WorkerDiedError, WorkerLoadError, WorkerTimeoutError
@@ -91,6 +92,8 @@ class _Slot:
                 await worker.kill()
                 raise
             pool.load_succeeded()
+            if worker.signature:
+                pool.signature = worker.signature
             return worker
         return None
 
@@ -184,6 +187,7 @@ class WorkerPool:
         self.in_flight = 0
         self.idle = asyncio.Event()
         self._changed = asyncio.Event()
+        self.signature: dict[str, Any] = {}
 
     def make_env(self) -> dict[str, str]:
         return worker_environment(self.thread_count())

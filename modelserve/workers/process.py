@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from modelserve.errors import WorkerDiedError, WorkerLoadError, WorkerTimeoutError
 from modelserve.workers.protocol import (
@@ -66,6 +67,7 @@ class WorkerProcess:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._log_tasks: list[asyncio.Task[None]] = []
+        self.signature: dict[str, Any] = {}
 
     @property
     def pid(self) -> int | None:
@@ -111,6 +113,7 @@ class WorkerProcess:
         if not isinstance(reply, ReadyMessage):
             await self.kill()
             raise WorkerLoadError(f"unexpected first reply {type(reply).__name__}")
+        self.signature = reply.signature
         self.state = WorkerState.READY
 
     async def _pump(self, stream: asyncio.StreamReader | None, level: int) -> None:

@@ -62,10 +62,11 @@ class InitMessage(Message):
 
 @dataclass
 class ReadyMessage(Message):
-    """Worker -> parent: the handler initialized."""
+    """Worker -> parent: the handler initialized; ``signature`` lists the model's inputs and outputs if known."""
 
     TYPE: ClassVar[MessageType] = MessageType.READY
     pid: int
+    signature: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,12 +77,21 @@ class LoadFailedMessage(Message):
     error: str
 
 
+class Protocol(str, enum.Enum):
+    """How a request's body is to be read and its result written."""
+
+    TORCHSERVE = "ts"  # /predictions: raw, JSON or multipart in; bytes, text or JSON out
+    KSERVE_V1 = "v1"  # {"instances": [...]} in, {"predictions": [...]} out
+    OIP_V2 = "v2"  # Open Inference Protocol tensors, JSON or binary
+
+
 @dataclass
 class InferRequest:
     request_id: str
     content_type: str
     headers: dict[str, str]
     body: bytes = b""
+    protocol: str = Protocol.TORCHSERVE.value
 
 
 @dataclass
@@ -96,7 +106,12 @@ class InferMessage(Message):
         return {
             "batch_id": self.batch_id,
             "requests": [
-                {"request_id": r.request_id, "content_type": r.content_type, "headers": r.headers}
+                {
+                    "request_id": r.request_id,
+                    "content_type": r.content_type,
+                    "headers": r.headers,
+                    "protocol": r.protocol,
+                }
                 for r in self.requests
             ],
         }

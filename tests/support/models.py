@@ -142,3 +142,41 @@ class _RunsCode:
 def malicious_checkpoint(path: Path, marker: Path) -> Path:
     torch.save({"weight": _RunsCode(marker)}, path)
     return path
+
+
+OIP_TYPES = {
+    "FP32": ("float32", 1), "FP64": ("float64", 11), "FP16": ("float16", 10), "INT8": ("int8", 3),
+    "INT16": ("int16", 5), "INT32": ("int32", 6), "INT64": ("int64", 7), "UINT8": ("uint8", 2),
+    "UINT16": ("uint16", 4), "BOOL": ("bool", 9), "BYTES": ("object", 8),
+}  # fmt: skip
+
+
+def identity_onnx(path: Path) -> Path:
+    """An ONNX model with one input and one Identity output per datatype: x_FP32 -> y_FP32, ... (batch dim dynamic)."""
+    from onnx import TensorProto, helper, save
+
+    nodes, inputs, outputs = [], [], []
+    for name, (_, elem) in OIP_TYPES.items():
+        inputs.append(helper.make_tensor_value_info(f"x_{name}", elem, ["batch", 3]))
+        outputs.append(helper.make_tensor_value_info(f"y_{name}", elem, ["batch", 3]))
+        nodes.append(helper.make_node("Identity", [f"x_{name}"], [f"y_{name}"]))
+    graph = helper.make_graph(nodes, "identity", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert TensorProto.STRING == 8
+    save(model, str(path))
+    return path
+
+
+def sample_inputs(rows: int = 2) -> dict[str, np.ndarray]:
+    values: dict[str, np.ndarray] = {}
+    for name, (dtype, _) in OIP_TYPES.items():
+        if name == "BYTES":
+            values[name] = np.asarray([[f"r{r}c{c}".encode() for c in range(3)] for r in range(rows)], dtype=object)
+        elif name == "BOOL":
+            values[name] = (np.arange(rows * 3).reshape(rows, 3) % 2).astype(bool)
+        else:
+            values[name] = (np.arange(rows * 3).reshape(rows, 3) - 2).astype(dtype)
+            if name.startswith("UINT"):
+                values[name] = np.abs(values[name])
+    return values

@@ -1,0 +1,202 @@
+"""Open Inference Protocol (KServe v2) tensors, worker side: JSON and binary requests to numpy, and back.
+
+Requests reach handlers as ``{"inputs": {name: numpy array}}`` under ``data``; handlers return ``{name: array}`` (or one
+array), which is encoded as the protocol's response, with the binary tensor data extension when asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+from modelserve.handler import BadInputError
+
+HEADER_LENGTH = "inference-header-content-length"
+
+TO_NUMPY = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+}  # fmt: skip
+FROM_NUMPY = {dtype: name for name, dtype in TO_NUMPY.items()}
+
+
+def datatype_of(array: np.ndarray) -> str:
+    if array.dtype.kind in ("U", "S", "O"):
+        return "BYTES"
+    name = FROM_NUMPY.get(array.dtype)
+    if name is None:
+        raise ValueError(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype")
+    return name
+
+
+def _shape(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        raise BadInputError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    return value
+
+
+def _bytes_elements(raw: bytes, name: str) -> list[bytes]:
+    elements = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise BadInputError(f"input {name!r}: truncated BYTES element length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise BadInputError(f"input {name!r}: truncated BYTES element")
+        elements.append(raw[offset : offset + length])
+        offset += length
+    return elements
+
+
+def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, list) and data and isinstance(data[0], list):
+        return [x for item in data for x in _flatten(item)]
+    return data if isinstance(data, list) else [data]
+
+
+def _decode_tensor(spec: Any, binary: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise BadInputError("every input needs a 'name'")
+    name = spec["name"]
+    shape = _shape(spec.get("shape"), name)
+    datatype = spec.get("datatype")
+    count = int(np.prod(shape)) if shape else 1
+    parameters = spec.get("parameters") or {}
+    size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise BadInputError(f"input {name!r}: binary_data_size {size} exceeds the binary data sent")
+        raw = bytes(binary[offset : offset + size])
+        offset += size
+        if datatype == "BYTES":
+            elements = _bytes_elements(raw, name)
+            array = np.empty(len(elements), dtype=object)
+            array[:] = elements
+        elif datatype in TO_NUMPY:
+            dtype = TO_NUMPY[datatype]
+            if len(raw) != count * dtype.itemsize:
+                raise BadInputError(f"input {name!r}: {len(raw)} bytes do not hold {count} {datatype} values")
+            array = np.frombuffer(raw, dtype=dtype)
+        else:
+            raise BadInputError(f"input {name!r}: unsupported datatype {datatype!r}")
+    else:
+        if "data" not in spec:
+            raise BadInputError(f"input {name!r} has no 'data' and no binary_data_size")
+        flat = _flatten(spec["data"])
+        if datatype == "BYTES":
+            array = np.empty(len(flat), dtype=object)
+            array[:] = [v.encode() if isinstance(v, str) else v for v in flat]
+        elif datatype in TO_NUMPY:
+            try:
+                array = np.asarray(flat, dtype=TO_NUMPY[datatype])
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise BadInputError(f"input {name!r}: data is not {datatype}: {exc}") from None
+        else:
+            raise BadInputError(f"input {name!r}: unsupported datatype {datatype!r}")
+    if array.size != count:
+        raise BadInputError(f"input {name!r}: shape {shape} needs {count} values, got {array.size}")
+    return name, array.reshape(shape), offset
+
+
+def decode_request(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    """An inference request (JSON, or JSON + binary tensors) -> the handler's data item."""
+    header_length = headers.get(HEADER_LENGTH)
+    if header_length is not None:
+        try:
+            json_length = int(header_length)
+        except ValueError:
+            raise BadInputError("Inference-Header-Content-Length must be an integer") from None
+        if not 0 <= json_length <= len(body):
+            raise BadInputError("Inference-Header-Content-Length exceeds the body")
+    else:
+        json_length = len(body)
+    try:
+        request = json.loads(body[:json_length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"request is not valid JSON: {exc}") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
+        raise BadInputError("request needs a non-empty 'inputs' list")
+    binary = memoryview(body)[json_length:]
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for spec in request["inputs"]:
+        name, array, offset = _decode_tensor(spec, binary, offset)
+        if name in inputs:
+            raise BadInputError(f"input {name!r} is given twice")
+        inputs[name] = array
+    outputs = request.get("outputs") or []
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
+        raise BadInputError("'outputs' must be a list of objects with a 'name'")
+    parameters = request.get("parameters") or {}
+    oip = {
+        "id": request.get("id"),
+        "outputs": outputs,
+        "parameters": parameters if isinstance(parameters, dict) else {},
+    }
+    return {"body": request, "data": {"inputs": inputs}, "oip": oip}
+
+
+def _as_outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
+    if isinstance(result, dict):
+        return {str(k): np.asarray(v) for k, v in result.items()}
+    if isinstance(result, (list, tuple)) and result and all(isinstance(r, np.ndarray) for r in result):
+        return {names[i] if i < len(names) else f"output_{i}": r for i, r in enumerate(result)}
+    return {names[0] if names else "output_0": np.asarray(result)}
+
+
+def _tensor_bytes(array: np.ndarray) -> bytes:
+    if datatype_of(array) == "BYTES":
+        parts = []
+        for value in array.reshape(-1):
+            raw = value if isinstance(value, bytes) else str(value).encode()
+            parts.append(struct.pack("<I", len(raw)) + raw)
+        return b"".join(parts)
+    return np.ascontiguousarray(array).tobytes()
+
+
+def _json_data(array: np.ndarray) -> list[Any]:
+    flat = array.reshape(-1)
+    if datatype_of(array) == "BYTES":
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    return list(flat.tolist())
+
+
+def encode_response(
+    result: Any, oip: dict[str, Any], model_name: str, model_version: str, output_names: list[str]
+) -> tuple[bytes, dict[str, str], str]:
+    """The handler's outputs -> response body, extra headers and content type."""
+    outputs = _as_outputs(result, output_names)
+    requested = {o["name"]: (o.get("parameters") or {}) for o in oip["outputs"]}
+    unknown = [name for name in requested if name not in outputs]
+    if unknown:
+        raise BadInputError(f"unknown output(s) requested: {', '.join(unknown)} (model has {', '.join(outputs)})")
+    binary_default = bool(oip["parameters"].get("binary_data_output", False))
+    selected = [name for name in outputs if not requested or name in requested]
+    described = []
+    blobs: list[bytes] = []
+    for name in selected:
+        array = outputs[name]
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        if bool(requested.get(name, {}).get("binary_data", binary_default)):
+            raw = _tensor_bytes(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = _json_data(array)
+        described.append(entry)
+    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": described}
+    if oip.get("id") is not None:
+        response["id"] = oip["id"]
+    header = json.dumps(response, separators=(",", ":")).encode()
+    if not blobs:
+        return header, {}, "application/json"
+    return header + b"".join(blobs), {"Inference-Header-Content-Length": str(len(header))}, "application/octet-stream"
