@@ -2,7 +2,11 @@
 
 Each worker's feeder calls ``next_batch``: it waits for a first job, then takes up to ``batch_size`` jobs, waiting at
 most ``max_batch_delay`` after the first job *arrived*. Jobs that queued while every worker was busy have already used
-their delay, so a batch forms at once from what is waiting: batches form while workers are busy.
+their delay, so a batch forms at once from what is waiting: batches form while workers are busy. When nothing else of
+the version is in flight (``busy`` says no), there is no load to batch with and waiting would only add latency, so a
+lone request goes at once.
+
+This is the hot path: waiting uses bare futures and one timer handle, never a task per wait.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from modelserve.errors import ServiceUnavailableError
@@ -30,13 +35,18 @@ class Job:
         return self.future.done()
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Batcher:
     """A bounded FIFO of jobs that hands out batches."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._jobs: deque[Job] = deque()
-        self._arrived = asyncio.Event()
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self.closed = False
 
     def __len__(self) -> int:
@@ -55,13 +65,20 @@ class Batcher:
             if len(self._jobs) >= self.capacity:
                 raise ServiceUnavailableError(f"request queue is full ({self.capacity} waiting); retry later")
         self._jobs.append(job)
-        self._arrived.set()
+        self._notify()
 
     def push_front(self, job: Job) -> None:
         """Put a job back at the head of the queue (its worker went away before running it)."""
         if not job.abandoned:
             self._jobs.appendleft(job)
-            self._arrived.set()
+            self._notify()
+
+    def _notify(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _drop_abandoned(self) -> None:
         live = [job for job in self._jobs if not job.abandoned]
@@ -75,12 +92,30 @@ class Batcher:
                 return job
         return None
 
-    async def next_batch(self, batch_size: int, max_batch_delay_s: float) -> list[Job]:
+    async def _wait(self, timeout_s: float | None) -> None:
+        """Wait until a job may have arrived (or the timeout passed)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(timeout_s, _wake, waiter) if timeout_s is not None else None
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._notify()  # we were woken but will not take the job: pass the wake-up on
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if not waiter.done():
+                waiter.cancel()
+
+    async def next_batch(self, batch_size: int, max_batch_delay_s: float,
+                         busy: Callable[[], bool] | None = None) -> list[Job]:
         """Wait for at least one live job and return up to ``batch_size`` of them."""
         first = self._pop_live()
         while first is None:
-            self._arrived.clear()
-            await self._arrived.wait()
+            await self._wait(None)
             first = self._pop_live()
         batch = [first]
         deadline = first.enqueued_at + max_batch_delay_s
@@ -91,21 +126,16 @@ class Batcher:
                     batch.append(job)
                     continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (busy is not None and not busy()):
                     break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except TimeoutError:
-                    break
+                await self._wait(remaining)
         except asyncio.CancelledError:
             # the feeder stopped while collecting: nothing taken may be lost
             for job in reversed(batch):
                 self.push_front(job)
             raise
         if self._jobs:
-            # wake another idle feeder for what is left
-            self._arrived.set()
+            self._notify()  # wake another idle feeder for what is left
         return batch
 
     def fail_all(self, error: BaseException) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -83,16 +85,21 @@ def _retry_headers(error: Exception) -> dict[str, str] | None:
     return None
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    v2 = request.path.startswith(("/v2", "/v1"))
-    try:
-        return await handler(request)
-    except ModelServeError as exc:
+REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID = web.RequestKey("request_id", str)
+_REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_of(request: web.Request) -> str:
+    """The client's x-request-id when it is sane, else a fresh one."""
+    supplied = request.headers.get(REQUEST_ID_HEADER, "")
+    return supplied if _REQUEST_ID_PATTERN.match(supplied) else uuid.uuid4().hex
+
+
+def _map_error(request: web.Request, exc: BaseException, v2: bool) -> web.StreamResponse:
+    if isinstance(exc, ModelServeError):
         return error_response(status_for(exc), str(exc), _retry_headers(exc), v2)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+    if isinstance(exc, web.HTTPException):
         custom = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
         if exc.status == 413:
             message = f"request body is larger than the limit of {request.app.get(MAX_BODY_KEY, 0)} bytes"
@@ -106,9 +113,25 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = exc.reason
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
         return error_response(exc.status, message, headers or None, v2)
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, f"internal error: {type(exc).__name__}", None, v2)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tag every request with an id (echoed in ``x-request-id``) and turn every error into a JSON answer."""
+    request_id = request_id_of(request)
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _map_error(request, exc, request.path.startswith(("/v2", "/v1")))
     except Exception as exc:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, f"internal error: {type(exc).__name__}", None, v2)
+        response = _map_error(request, exc, request.path.startswith(("/v2", "/v1")))
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
 
 
 MAX_BODY_KEY = web.AppKey("max_body", int)

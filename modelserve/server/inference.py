@@ -5,25 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
-import uuid
 from typing import Any
 
 from aiohttp import web
 
 from modelserve.errors import ModelLoadError, ServiceUnavailableError
 from modelserve.models.version import ModelVersion
-from modelserve.server.errors import MAX_BODY_KEY, Handler, error_middleware, error_response, status_for
+from modelserve.server.errors import MAX_BODY_KEY, REQUEST_ID, Handler, error_middleware, error_response, status_for
 from modelserve.server.openapi import DESCRIBE_ROUTES, RouteDoc, build_document, name_param, version_param
 from modelserve.server.state import STATE, ServerState
 from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferResult, Protocol
 
 access_log = logging.getLogger("modelserve.access")
 
-REQUEST_ID_HEADER = "x-request-id"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-REQUEST_ID = web.RequestKey("request_id", str)
 
 ROUTES = [
     *DESCRIBE_ROUTES,
@@ -63,20 +58,6 @@ ROUTES = [
     RouteDoc("GET", "/v2/health/live", "Liveness", responses={200: "Live"}),
     RouteDoc("GET", "/v2/health/ready", "Readiness", responses={200: "Ready", 503: "Not ready"}),
 ]
-
-
-def request_id_of(request: web.Request) -> str:
-    supplied = request.headers.get(REQUEST_ID_HEADER, "")
-    return supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
-
-
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request_id_of(request)
-    request[REQUEST_ID] = request_id
-    response = await handler(request)
-    response.headers[REQUEST_ID_HEADER] = request_id
-    return response
 
 
 def _result_response(result: InferResult, max_response_size: int, v2_style: bool) -> web.Response:
@@ -189,7 +170,7 @@ def create_inference_app(state: ServerState) -> web.Application:
     from modelserve.server import v2
 
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware], client_max_size=state.config.max_request_size
+        middlewares=[error_middleware], client_max_size=state.config.max_request_size
     )
     app[STATE] = state
     app[MAX_BODY_KEY] = state.config.max_request_size

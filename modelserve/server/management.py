@@ -14,7 +14,7 @@ from modelserve.models.store import ModelSource, download, is_remote
 from modelserve.models.version import ModelVersion
 from modelserve.server.auth import token_middleware
 from modelserve.server.errors import error_middleware
-from modelserve.server.inference import describe_handler, request_id_middleware
+from modelserve.server.inference import describe_handler
 from modelserve.server.openapi import DESCRIBE_ROUTES, Param, RouteDoc, build_document, name_param, version_param
 from modelserve.server.state import STATE, ServerState
 
@@ -198,7 +198,7 @@ async def set_default(request: web.Request) -> web.Response:
 
 
 def create_management_app(state: ServerState, token: str | None) -> web.Application:
-    middlewares = [request_id_middleware, error_middleware]
+    middlewares = [error_middleware]
     if token is not None:
         middlewares.append(token_middleware(token))
     app = web.Application(middlewares=middlewares, client_max_size=1 << 20)

@@ -7,6 +7,7 @@ The parent owns batching, timeouts and supervision; the worker only computes.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -224,6 +225,10 @@ def _serve(channel: Channel) -> int:
         traceback.print_exc()
         channel.send(LoadFailedMessage(error=f"{type(exc).__name__}: {exc}"))
         return 1
+    # everything loaded so far (torch, the model) lives for the worker's life: keep it out of the collector's scans,
+    # or a full collection over torch's objects stalls a request now and then
+    gc.collect()
+    gc.freeze()
     channel.send(ReadyMessage(pid=os.getpid(), signature=worker.signature))
     while True:
         try:

@@ -24,6 +24,8 @@ from modelserve.workers.protocol import InferMessage, InferResult, InitMessage
 
 log = logging.getLogger("modelserve.pool")
 
+# batches outstanding at one worker: the next waits in its socket while the current one computes
+PIPELINE_DEPTH = 2
 BACKOFF_S = (0.1, 0.1, 0.2, 0.3, 0.5, 0.8, 1.3, 2.1, 3.4, 5.5)
 _batch_ids = itertools.count(1)
 
@@ -50,7 +52,7 @@ class _Slot:
         self.index = index
         self.worker: WorkerProcess | None = None
         self.stopping = False
-        self.busy = False
+        self.running: set[asyncio.Task[None]] = set()
         self.task = asyncio.create_task(self._run(), name=f"slot-{pool.label}-{index}")
 
     async def _run(self) -> None:
@@ -98,27 +100,41 @@ class _Slot:
         return None
 
     async def _feed(self, worker: WorkerProcess) -> None:
+        """Keep up to PIPELINE_DEPTH batches at the worker: it finds the next one waiting when it finishes one."""
         pool = self.pool
         exit_watch = asyncio.ensure_future(worker.wait_exit())
-        next_batch: asyncio.Future[list[Job]] | None = None
+        collecting: asyncio.Future[list[Job]] | None = None
         try:
             while not self.stopping:
-                next_batch = asyncio.ensure_future(
-                    pool.batcher.next_batch(pool.settings.batch_size, pool.settings.max_batch_delay_s)
-                )
-                await asyncio.wait({next_batch, exit_watch}, return_when=asyncio.FIRST_COMPLETED)
+                if collecting is None and len(self.running) < PIPELINE_DEPTH:
+                    collecting = asyncio.ensure_future(
+                        pool.batcher.next_batch(pool.settings.batch_size, pool.settings.max_batch_delay_s, pool.busy)
+                    )
+                waitables: set[asyncio.Future[Any]] = {exit_watch, *self.running}
+                if collecting is not None:
+                    waitables.add(collecting)
+                await asyncio.wait(waitables, return_when=asyncio.FIRST_COMPLETED)
+                for task in [t for t in self.running if t.done()]:
+                    self.running.discard(task)
+                    task.result()  # a dead worker raises WorkerDiedError here
                 if exit_watch.done():
-                    if next_batch.done():
-                        pool.requeue(next_batch.result())
-                    raise WorkerDiedError(f"idle worker exited ({describe_exit(exit_watch.result())})")
-                jobs, next_batch = next_batch.result(), None
-                await self._run_batch(worker, jobs)
+                    raise WorkerDiedError(f"worker exited ({describe_exit(exit_watch.result())})")
+                if collecting is not None and collecting.done():
+                    jobs, collecting = collecting.result(), None
+                    self.running.add(asyncio.create_task(self._run_batch(worker, jobs)))
         finally:
             exit_watch.cancel()
-            if next_batch is not None and not next_batch.done():
-                next_batch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await next_batch
+            if collecting is not None:
+                if collecting.done() and not collecting.cancelled():
+                    pool.requeue(collecting.result())
+                else:
+                    collecting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await collecting
+            if self.running:
+                # batches already at the worker finish (or fail with it) before the worker goes
+                await asyncio.gather(*self.running, return_exceptions=True)
+                self.running.clear()
 
     async def _run_batch(self, worker: WorkerProcess, jobs: list[Job]) -> None:
         pool = self.pool
@@ -129,10 +145,19 @@ class _Slot:
         for job in live:
             job.started_at = now
         message = InferMessage(batch_id=next(_batch_ids), requests=[job.request for job in live])
-        self.busy = True
-        pool.in_flight += len(live)
+
+        def prune(sent: InferMessage) -> InferMessage | None:
+            # clients that left while this batch waited for the worker are dropped before it is sent
+            kept = [job for job in live if not job.abandoned]
+            if len(kept) == len(live):
+                return sent
+            live[:] = kept
+            return InferMessage(batch_id=sent.batch_id, requests=[job.request for job in kept]) if kept else None
+
+        counted = len(live)
+        pool.in_flight += counted
         try:
-            reply = await worker.infer(message, pool.settings.response_timeout_s)
+            reply = await worker.infer(message, pool.settings.response_timeout_s, prune)
         except (WorkerDiedError, WorkerTimeoutError) as exc:
             if isinstance(exc, WorkerDiedError):
                 exc = WorkerDiedError(f"worker {worker.worker_id} died while handling the request ({exc})")
@@ -141,9 +166,10 @@ class _Slot:
                     job.future.set_exception(exc)
             raise WorkerDiedError(str(exc)) from exc
         finally:
-            self.busy = False
-            pool.in_flight -= len(live)
+            pool.in_flight -= counted
             pool.idle.set()
+        if reply is None:
+            return
         pool.stats.record_batch(len(live), [job.started_at - job.enqueued_at for job in live], reply.timings)
         if reply.metrics:
             pool.stats.record_handler_metrics(reply.metrics)
@@ -153,7 +179,7 @@ class _Slot:
 
     async def stop(self) -> None:
         self.stopping = True
-        if not self.busy:
+        if not self.running:
             self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
@@ -188,6 +214,10 @@ class WorkerPool:
         self.idle = asyncio.Event()
         self._changed = asyncio.Event()
         self.signature: dict[str, Any] = {}
+
+    def busy(self) -> bool:
+        """Whether another batch of this version is being computed (then waiting for companions pays off)."""
+        return self.in_flight > 0
 
     def make_env(self) -> dict[str, str]:
         return worker_environment(self.thread_count())

@@ -16,7 +16,9 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from modelserve.errors import WorkerDiedError, WorkerLoadError, WorkerTimeoutError
@@ -35,6 +37,22 @@ from modelserve.workers.protocol import (
 )
 
 log = logging.getLogger("modelserve.worker")
+
+if sys.version_info >= (3, 11):
+    asyncio_timeout = asyncio.timeout
+else:  # pragma: no cover - Python 3.10
+
+    @contextlib.asynccontextmanager
+    async def asyncio_timeout(delay: float) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        handle = asyncio.get_running_loop().call_later(delay, task.cancel)
+        try:
+            yield
+        except asyncio.CancelledError:
+            raise TimeoutError from None
+        finally:
+            handle.cancel()
 
 
 class WorkerState(enum.Enum):
@@ -55,6 +73,14 @@ def describe_exit(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
+@dataclass(eq=False)
+class _Batch:
+    message: InferMessage
+    prune: Callable[[InferMessage], InferMessage | None] | None
+    started: asyncio.Future[bool]  # True once sent, False when pruned to nothing
+    done: asyncio.Future[ResultMessage]
+
+
 class WorkerProcess:
     """The parent's handle on one worker process."""
 
@@ -68,6 +94,9 @@ class WorkerProcess:
         self._writer: asyncio.StreamWriter | None = None
         self._log_tasks: list[asyncio.Task[None]] = []
         self.signature: dict[str, Any] = {}
+        self._pending: deque[_Batch] = deque()  # sent to the worker, not yet answered (at most one)
+        self._armed: deque[_Batch] = deque()  # formed, waiting for the worker to finish the current batch
+        self._reply_task: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -115,6 +144,7 @@ class WorkerProcess:
             raise WorkerLoadError(f"unexpected first reply {type(reply).__name__}")
         self.signature = reply.signature
         self.state = WorkerState.READY
+        self._start_reading()
 
     async def _pump(self, stream: asyncio.StreamReader | None, level: int) -> None:
         if stream is None:
@@ -152,25 +182,79 @@ class WorkerProcess:
             await asyncio.wait_for(self.process.wait(), 2.0)
         return describe_exit(self.process.returncode)
 
-    async def infer(self, message: InferMessage, timeout_s: float) -> ResultMessage:
-        """Send one batch and wait for its results; raise WorkerDiedError or WorkerTimeoutError."""
+    def _start_reading(self) -> None:
+        self._reply_task = asyncio.create_task(self._read_replies(), name=f"replies-{self.worker_id}")
+
+    async def _read_replies(self) -> None:
+        """Match replies to the batches sent, in order, and send the next armed batch the moment one finishes."""
+        try:
+            while True:
+                reply = await self._receive()
+                if not self._pending:
+                    await self.kill()
+                    raise WorkerDiedError(f"worker sent an unexpected {type(reply).__name__}")
+                batch = self._pending.popleft()
+                if not isinstance(reply, ResultMessage) or reply.batch_id != batch.message.batch_id:
+                    await self.kill()
+                    raise WorkerDiedError(f"worker answered out of protocol ({type(reply).__name__})")
+                if not batch.done.done():
+                    batch.done.set_result(reply)
+                self._dispatch_next()
+        except WorkerDiedError as exc:
+            self._fail_all(exc)
+        except asyncio.CancelledError:
+            self._fail_all(WorkerDiedError("worker connection closed"))
+            raise
+
+    def _dispatch_next(self) -> None:
+        """Send armed batches until one is at the worker (batches whose clients all left are skipped)."""
+        while not self._pending and self._armed:
+            batch = self._armed.popleft()
+            message = batch.prune(batch.message) if batch.prune is not None else batch.message
+            if message is None:
+                batch.started.set_result(False)
+                continue
+            batch.message = message
+            if self._writer is None or self._writer.is_closing():
+                batch.started.set_exception(WorkerDiedError("worker connection closed"))
+                batch.started.exception()
+                continue
+            self._writer.writelines(encode(message))
+            self._pending.append(batch)
+            batch.started.set_result(True)
+
+    def _fail_all(self, error: WorkerDiedError) -> None:
+        while self._pending or self._armed:
+            batch = self._pending.popleft() if self._pending else self._armed.popleft()
+            for future in (batch.started, batch.done):
+                if not future.done():
+                    future.set_exception(error)
+                    future.exception()  # retrieved here: infer() may be past waiting on this one
+
+    async def infer(self, message: InferMessage, timeout_s: float,
+                    prune: Callable[[InferMessage], InferMessage | None] | None = None) -> ResultMessage | None:
+        """Run one batch; raise WorkerDiedError or WorkerTimeoutError.
+
+        One batch computes at a time; the next one waits here, armed, and is sent by the reply reader the moment the
+        worker answers, after ``prune`` drops requests whose clients went away (None: nothing left to send, and
+        this returns None). ``responseTimeout`` counts from when a batch is sent.
+        """
+        loop = asyncio.get_running_loop()
+        batch = _Batch(message, prune, loop.create_future(), loop.create_future())
+        self._armed.append(batch)
+        self._dispatch_next()
         self.state = WorkerState.BUSY
         try:
+            if not await batch.started:
+                return None
             try:
-                await self._send(message)
-            except (ConnectionError, RuntimeError) as exc:
-                raise WorkerDiedError(await self._death_reason()) from exc
-            try:
-                reply = await asyncio.wait_for(self._receive(), timeout_s)
+                async with asyncio_timeout(timeout_s):
+                    return await asyncio.shield(batch.done)
             except TimeoutError:
                 await self.kill()
                 raise WorkerTimeoutError(f"handler did not answer within responseTimeout ({timeout_s:g} s)") from None
-            if not isinstance(reply, ResultMessage) or reply.batch_id != message.batch_id:
-                await self.kill()
-                raise WorkerDiedError(f"worker answered out of protocol ({type(reply).__name__})")
-            return reply
         finally:
-            if self.state is WorkerState.BUSY:
+            if not self._pending and not self._armed and self.state is WorkerState.BUSY:
                 self.state = WorkerState.READY
 
     async def wait_exit(self) -> int:
@@ -198,6 +282,11 @@ class WorkerProcess:
 
     async def _close(self) -> None:
         self.state = WorkerState.STOPPED
+        reply_task, self._reply_task = self._reply_task, None
+        if reply_task is not None and reply_task is not asyncio.current_task():
+            reply_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reply_task
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(ConnectionError, OSError):

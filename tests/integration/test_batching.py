@@ -26,17 +26,31 @@ def test_batches_fill_up_to_batch_size_under_concurrent_load(tmp_path: Path, sto
         assert len({r.json()["request_id"] for r in results}) == 16
 
 
-def test_lone_request_waits_at_most_max_batch_delay(tmp_path: Path, store: Path) -> None:
+def test_partial_batch_waits_at_most_max_batch_delay_while_busy(tmp_path: Path, store: Path) -> None:
     make_archive(store, "patient", "batch_handler.py",
-                 config_yaml="minWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 400\n")  # fmt: skip
+                 config_yaml="minWorkers: 2\nbatchSize: 8\nmaxBatchDelay: 600\nhandler:\n  pause_s: 1.5\n")  # fmt: skip
     with running_server(tmp_path, store, ["patient.mar"], extra_args=["--ncs"]) as server:
-        server.predict("patient", b"warm-up")
-        started = time.monotonic()
-        response = server.predict("patient", b"x")
-        elapsed = time.monotonic() - started
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(server.predict, "patient", b"a")
+            time.sleep(0.2)  # the first batch is in flight: the second worker waits for company
+            started = time.monotonic()
+            second = pool.submit(server.predict, "patient", b"b")
+            response = second.result()
+            elapsed = time.monotonic() - started
+            assert first.result().json()["batch_size"] == 1
         assert response.json()["batch_size"] == 1
-        assert elapsed >= 0.4, "a partial batch waits for company up to max_batch_delay"
-        assert elapsed < 3.0, "and then goes without it"
+        assert elapsed >= 1.5 + 0.6 - 0.1, "a partial batch waits for company up to max_batch_delay while busy"
+        assert elapsed < 1.5 + 0.6 + 2.0, "and then goes without it"
+
+
+def test_lone_request_on_an_idle_version_goes_at_once(tmp_path: Path, store: Path) -> None:
+    make_archive(store, "eager", "batch_handler.py", config_yaml="minWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 2000\n")
+    with running_server(tmp_path, store, ["eager.mar"], extra_args=["--ncs"]) as server:
+        server.predict("eager", b"warm-up")
+        started = time.monotonic()
+        response = server.predict("eager", b"x")
+        assert response.json()["batch_size"] == 1
+        assert time.monotonic() - started < 1.0, "nothing in flight: no reason to wait 2 s for company"
 
 
 def test_batch_size_one_sends_each_request_alone(tmp_path: Path, store: Path) -> None:

@@ -1,0 +1,53 @@
+"""LitServe server for the benchmark: one model per server, 2 workers x 1 torch thread, batches of up to 8 within
+5 ms, the image as base64 in JSON (LitServe's idiomatic setup, as BENCHMARKS.md describes).
+
+    python litserve_app.py MODEL.pt KIND PORT
+"""
+
+import base64
+import io
+import sys
+
+import litserve as ls
+import numpy as np
+import torch
+from PIL import Image
+
+SETTINGS = {"convnet": ("L", 28, 0.1302, 0.3069), "resnet18": ("RGB", 224, 0.45, 0.225)}
+
+
+class TopClassAPI(ls.LitAPI):
+    def __init__(self, path, kind):
+        super().__init__()
+        self.path = path
+        self.kind = kind
+
+    def setup(self, device):
+        torch.set_num_threads(1)
+        self.model = torch.jit.load(self.path).eval()
+
+    def decode_request(self, request):
+        mode, size, mean, std = SETTINGS[self.kind]
+        with Image.open(io.BytesIO(base64.b64decode(request["image"]))) as image:
+            converted = image.convert(mode).resize((size, size))
+        array = (np.asarray(converted, dtype=np.float32) / 255.0 - mean) / std
+        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+    def batch(self, inputs):
+        return torch.from_numpy(np.stack(inputs))
+
+    def predict(self, x):
+        with torch.inference_mode():
+            return self.model(x)
+
+    def unbatch(self, output):
+        return [int(i) for i in output.argmax(dim=1)]
+
+    def encode_response(self, output):
+        return {"class": output}
+
+
+if __name__ == "__main__":
+    api = TopClassAPI(sys.argv[1], sys.argv[2])
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=2, max_batch_size=8, batch_timeout=0.005)
+    server.run(port=int(sys.argv[3]), generate_client_file=False)

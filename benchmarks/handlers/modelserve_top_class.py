@@ -1,0 +1,31 @@
+"""modelserve handler for the benchmark: the shared preprocessing, a TorchScript forward pass, the top class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from preprocess import preprocess
+
+from modelserve.handler import BadInputError, BaseHandler, Context
+
+
+class TopClass(BaseHandler):
+    def initialize(self, context: Context) -> None:
+        super().initialize(context)
+        self.model_kind = str(self.handler_config.get("model", "convnet"))
+
+    def preprocess_one(self, item: dict[str, Any]) -> np.ndarray:
+        body = item.get("body")
+        if not isinstance(body, (bytes, bytearray)) or not body:
+            raise BadInputError("send an image")
+        try:
+            return preprocess(bytes(body), self.model_kind)
+        except OSError as exc:
+            raise BadInputError(f"not an image: {exc}") from None
+
+    def collate(self, samples: list[Any]) -> np.ndarray:
+        return np.stack(samples)
+
+    def postprocess(self, data: Any) -> list[Any]:
+        return [int(i) for i in np.asarray(data).argmax(axis=1)]

@@ -1,0 +1,573 @@
+"""Side-by-side benchmark: modelserve against TorchServe 0.12.0 (tuned) and LitServe 0.2.19, plus the in-process limit.
+
+    .venv/bin/python benchmarks/run.py                 # the full comparison (about 20 minutes on 2 cores)
+    .venv/bin/python benchmarks/run.py --quick         # a few seconds, modelserve only (the test suite's smoke run)
+
+Every figure that is compared comes from the same run; servers run alternately (A B A B ...), with both reference
+models loaded. Answers are checked to be identical before speed counts. Results: ``benchmarks/results/*.json``, the
+table in ``benchmarks/README.md`` and ``benchmarks/results/latency.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORK = HERE / "work"
+RESULTS = HERE / "results"
+PYTHON = Path(sys.executable)
+BIN = PYTHON.parent
+
+WORKLOADS = {
+    # name: (model, input file, concurrency)
+    "W1 c=1": ("convnet", "digit.png", 1),
+    "W1 c=32": ("convnet", "digit.png", 32),
+    "W2 c=8": ("resnet18", "cat.jpg", 8),
+}
+MODEL_CONFIG = {
+    "convnet": "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 16\nmaxBatchDelay: 2\nhandler:\n  model: convnet\n",
+    "resnet18": "minWorkers: 2\nmaxWorkers: 2\nbatchSize: 4\nmaxBatchDelay: 5\nhandler:\n  model: resnet18\n",
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_post(url: str, body: bytes, content_type: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+    except OSError:
+        return 0, b""
+
+
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) of a process and all its descendants, in bytes."""
+    pss = rss = 0
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0, 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            info = process.memory_full_info()
+            pss += int(getattr(info, "pss", info.rss))
+            rss += int(info.rss)
+    return pss, rss
+
+
+def kill_tree(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+# ---- assets, environments, archives -------------------------------------------------------------------------------
+
+
+def ensure_assets() -> Path:
+    assets = WORK / "assets"
+    if not (assets / "resnet18.pt").is_file():
+        log("generating reference models and inputs")
+        subprocess.run([str(PYTHON), str(HERE / "models" / "make_assets.py"), str(assets)], check=True)
+        for name in ("digit.png", "cat.jpg"):
+            encoded = base64.b64encode((assets / name).read_bytes()).decode()
+            (assets / f"{name}.json").write_text(json.dumps({"image": encoded}))
+    return assets
+
+
+def ensure_venv(name: str, packages: list[str]) -> Path:
+    venv = WORK / "venvs" / name
+    marker = venv / ".installed"
+    if marker.is_file() and marker.read_text() == " ".join(packages):
+        return venv
+    log(f"installing {name} into its own virtual environment: {' '.join(packages)}")
+    subprocess.run([str(PYTHON), "-m", "venv", "--clear", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True)
+    subprocess.run([*pip, *packages], check=True)
+    marker.write_text(" ".join(packages))
+    return venv
+
+
+def modelserve_store(assets: Path, copies: int = 1, batch_size: int | None = None) -> Path:
+    """Archives of both models (``copies`` of the small one) for modelserve, optionally with another batchSize."""
+    from modelserve.archive.packer import PackRequest, pack_archive
+
+    store = WORK / f"store-modelserve-{copies}-{batch_size or 'default'}"
+    if store.is_dir():
+        return store
+    store.mkdir(parents=True)
+    for model, config in MODEL_CONFIG.items():
+        if batch_size is not None and model == "convnet":
+            config = config.replace("batchSize: 8", f"batchSize: {batch_size}")
+        config_path = store / f".{model}-config.yaml"
+        config_path.write_text(config)
+        names = [model] if model == "resnet18" or copies == 1 else [f"{model}{i}" for i in range(copies)]
+        for name in names:
+            pack_archive(
+                PackRequest(
+                    model_name=name, handler=str(HERE / "handlers" / "modelserve_top_class.py"),
+                    serialized_file=assets / f"{model}.pt", extra_files=[HERE / "handlers" / "preprocess.py"],
+                    config_file=config_path, export_path=store, archive_format="zip-store",
+                )
+            )  # fmt: skip
+    return store
+
+
+def torchserve_store(assets: Path, venv: Path) -> Path:
+    store = WORK / "store-torchserve"
+    if store.is_dir():
+        return store
+    store.mkdir(parents=True)
+    for model in MODEL_CONFIG:
+        subprocess.run(
+            [str(venv / "bin" / "torch-model-archiver"), "--model-name", model, "--version", "1.0",
+             "--serialized-file", str(assets / f"{model}.pt"),
+             "--handler", str(HERE / "handlers" / "torchserve_top_class.py"), "--export-path", str(store),
+             "--archive-format", "zip-store"],
+            check=True,
+        )  # fmt: skip
+    return store
+
+
+# ---- servers ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    start_command: Callable[[], list[tuple[list[str], dict[str, str]]]]
+    url_for: Callable[[str], str]
+    body_suffix: str = ""  # ".json" for LitServe's base64 JSON bodies
+    content_type: str = "application/octet-stream"
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ready_s: float = 0.0
+
+    def start(self, assets: Path, models: list[str], timeout: float = 300.0) -> float:
+        started = time.monotonic()
+        logs = WORK / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for index, (command, env) in enumerate(self.start_command()):
+            out = open(logs / f"{self.name}-{index}.log", "ab")  # noqa: SIM115 - kept open for the server's life
+            self.processes.append(
+                subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=WORK, start_new_session=True)
+            )
+        deadline = started + timeout
+        pending = set(models)
+        while pending and time.monotonic() < deadline:
+            for model in list(pending):
+                status, _ = self.post(assets, model, timeout=5)
+                if status == 200:
+                    pending.discard(model)
+            if any(p.poll() is not None for p in self.processes):
+                raise RuntimeError(f"{self.name} exited during start; see {logs}")
+            time.sleep(0.05)
+        if pending:
+            raise RuntimeError(f"{self.name}: {', '.join(pending)} not ready after {timeout:g} s")
+        self.ready_s = time.monotonic() - started
+        return self.ready_s
+
+    def body(self, assets: Path, model: str) -> Path:
+        source = "digit.png" if model.startswith("convnet") else "cat.jpg"
+        return assets / f"{source}{self.body_suffix}"
+
+    def post(self, assets: Path, model: str, timeout: float = 30.0) -> tuple[int, bytes]:
+        return http_post(self.url_for(model), self.body(assets, model).read_bytes(), self.content_type, timeout)
+
+    def memory(self) -> tuple[int, int]:
+        totals = [tree_memory(p.pid) for p in self.processes]
+        return sum(t[0] for t in totals), sum(t[1] for t in totals)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            kill_tree(process)
+        self.processes = []
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS") and not k.startswith("MODELSERVE_")}
+    env.update(extra)
+    return env
+
+
+def modelserve_server(store: Path, models: list[str], tag: str = "modelserve") -> Server:
+    ports = {key: free_port() for key in ("inference", "management", "metrics")}
+    config = WORK / f"{tag}.properties"
+    config.write_text("".join(f"{k}_address=http://127.0.0.1:{p}\n" for k, p in ports.items()))
+
+    def command() -> list[tuple[list[str], dict[str, str]]]:
+        return [([str(BIN / "modelserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
+                  "--model-store", str(store), "--ts-config", str(config), "--pid-file", str(WORK / f"{tag}.pid"),
+                  "--models", *[f"{m}={m}.mar" for m in models]], clean_env())]  # fmt: skip
+
+    return Server(tag, command, lambda m: f"http://127.0.0.1:{ports['inference']}/predictions/{m}")
+
+
+def torchserve_server(store: Path, venv: Path) -> Server:
+    ports = {key: free_port() for key in ("inference", "management", "metrics")}
+    config = WORK / "torchserve.properties"
+    config.write_text(
+        "".join(f"{k}_address=http://127.0.0.1:{p}\n" for k, p in ports.items())
+        + f"model_store={store}\ndisable_token_authorization=true\n"
+    )
+
+    def command() -> list[tuple[list[str], dict[str, str]]]:
+        env = clean_env(OMP_NUM_THREADS="1", PATH=f"{venv / 'bin'}:{os.environ.get('PATH', '')}")
+        return [([str(venv / "bin" / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
+                  "--ts-config", str(config), "--model-store", str(store),
+                  "--models", "convnet=convnet.mar", "resnet18=resnet18.mar"], env)]  # fmt: skip
+
+    return Server("torchserve", command, lambda m: f"http://127.0.0.1:{ports['inference']}/predictions/{m}")
+
+
+def litserve_server(assets: Path, venv: Path) -> Server:
+    ports = {model: free_port() for model in MODEL_CONFIG}
+
+    def command() -> list[tuple[list[str], dict[str, str]]]:
+        python = str(venv / "bin" / "python")
+        app = str(HERE / "handlers" / "litserve_app.py")
+        return [([python, app, str(assets / f"{m}.pt"), m, str(port)], clean_env()) for m, port in ports.items()]
+
+    return Server("litserve", command, lambda m: f"http://127.0.0.1:{ports[m]}/predict", ".json", "application/json")
+
+
+# ---- load --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Point:
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+def run_wrk(url: str, body: Path, content_type: str, concurrency: int, duration: float) -> Point:
+    env = {**os.environ, "BODY_FILE": str(body), "CONTENT_TYPE": content_type}
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "30s",
+               "-s", str(HERE / "post.lua"), url]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, env=env, check=True, timeout=duration + 120).stdout
+    line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
+    data = json.loads(line[len("WRK_JSON ") :])
+    errors = sum(data[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return Point(
+        throughput=data["requests"] / (data["duration_us"] / 1e6),
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        requests=data["requests"],
+        errors=errors,
+    )
+
+
+def run_python_load(url: str, body: Path, content_type: str, concurrency: int, duration: float) -> Point:
+    """Fallback when wrk is missing (the smoke run): threads with keep-alive connections."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    payload = body.read_bytes()
+    latencies: list[float] = []
+    errors = [0]
+    stop_at = time.monotonic() + duration
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            try:
+                conn.request("POST", parts.path, payload, {"Content-Type": content_type})
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+            except OSError:
+                conn.close()
+                conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+                ok = False
+            latencies.append(time.perf_counter() - started)
+            if not ok:
+                errors[0] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - began
+    ordered = sorted(latencies) or [0.0]
+    return Point(len(latencies) / elapsed, ordered[len(ordered) // 2] * 1000,
+                 ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, len(latencies), errors[0])  # fmt: skip
+
+
+def load(server: Server, assets: Path, model: str, concurrency: int, duration: float) -> Point:
+    runner = run_wrk if shutil.which("wrk") else run_python_load
+    return runner(server.url_for(model), server.body(assets, model), server.content_type, concurrency, duration)
+
+
+# ---- in-process limit ----------------------------------------------------------------------------------------------
+
+IN_PROCESS = r"""
+import io, json, sys, time
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+from preprocess import preprocess
+model_path, kind, raw_path, threads, batch, seconds = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
+torch.set_num_threads(threads)
+model = torch.jit.load(model_path).eval()
+raw = open(raw_path, "rb").read()
+done = 0
+with torch.inference_mode():
+    for _ in range(3):
+        model(torch.from_numpy(np.stack([preprocess(raw, kind)] * batch)))
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        model(torch.from_numpy(np.stack([preprocess(raw, kind) for _ in range(batch)]))).argmax(1)
+        done += batch
+print(json.dumps({"throughput": done / (time.perf_counter() - start)}))
+"""
+
+
+def in_process_limit(assets: Path, model: str, threads: int, batch: int, seconds: float) -> float:
+    source = "digit.png" if model == "convnet" else "cat.jpg"
+    output = subprocess.run(
+        [str(PYTHON), "-c", IN_PROCESS, str(HERE / "handlers"), str(assets / f"{model}.pt"), model,
+         str(assets / source), str(threads), str(batch), str(seconds)],
+        capture_output=True, text=True, check=True, env=clean_env(),
+    ).stdout  # fmt: skip
+    return float(json.loads(output.strip().splitlines()[-1])["throughput"])
+
+
+# ---- the run -----------------------------------------------------------------------------------------------------
+
+
+def check_answers(servers: list[Server], assets: Path) -> dict[str, dict[str, Any]]:
+    answers: dict[str, dict[str, Any]] = {}
+    for server in servers:
+        answers[server.name] = {}
+        for model in MODEL_CONFIG:
+            status, body = server.post(assets, model)
+            if status != 200:
+                raise RuntimeError(f"{server.name} answered {status} for {model}: {body[:200]!r}")
+            value = json.loads(body)
+            answers[server.name][model] = value["class"] if isinstance(value, dict) else value
+    reference = answers[servers[0].name]
+    for name, got in answers.items():
+        if got != reference:
+            raise RuntimeError(f"answers differ: {servers[0].name} {reference} vs {name} {got}")
+    return answers
+
+
+SWEEP = (1, 4, 8, 16, 32, 64)
+
+
+def measure_server(server: Server, assets: Path, duration: float, workloads: dict[str, tuple[str, str, int]],
+                   record: dict[str, Any], sweep: dict[str, Any] | None = None) -> None:
+    ready = server.start(assets, list(MODEL_CONFIG))
+    try:
+        for model in MODEL_CONFIG:  # warm-up, not counted
+            load(server, assets, model, 4, min(2.0, duration))
+        pss, rss = server.memory()
+        record.setdefault("ready_s", []).append(ready)
+        record.setdefault("pss_bytes", []).append(pss)
+        record.setdefault("rss_bytes", []).append(rss)
+        for label, (model, _, concurrency) in workloads.items():
+            point = load(server, assets, model, concurrency, duration)
+            record.setdefault(label, []).append(point.__dict__)
+            log(f"  {server.name:10s} {label:8s} {point.throughput:8.1f} req/s  p50 {point.p50_ms:7.2f} ms  "
+                f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}")  # fmt: skip
+        if sweep is not None:
+            for concurrency in SWEEP:
+                point = load(server, assets, "convnet", concurrency, max(2.0, duration / 2))
+                sweep[str(concurrency)] = point.__dict__
+            log(f"  {server.name:10s} sweep " + ", ".join(f"c={c}: {p['throughput']:.0f}/s" for c, p in sweep.items()))
+    finally:
+        server.stop()
+
+
+def median_point(points: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(p[key] for p in points) for key in points[0]}
+
+
+def summarize(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
+    for name, record in raw.items():
+        entry: dict[str, Any] = {
+            "ready_s": statistics.median(record["ready_s"]),
+            "pss_mb": statistics.median(record["pss_bytes"]) / 1e6,
+            "rss_mb": statistics.median(record["rss_bytes"]) / 1e6,
+        }
+        for label in WORKLOADS:
+            if label in record:
+                entry[label] = median_point(record[label])
+        summary[name] = entry
+    return summary
+
+
+def scaling(assets: Path, duration: float) -> dict[str, Any]:
+    """modelserve alone: memory and start time with 1/5/20 copies of W1, batch size sweep, memory after many requests."""
+    results: dict[str, Any] = {"models": {}, "batch_size": {}, "soak": {}}
+    for copies in (1, 5, 20):
+        names = ["convnet"] if copies == 1 else [f"convnet{i}" for i in range(copies)]
+        server = modelserve_server(modelserve_store(assets, copies), names, tag=f"modelserve-{copies}")
+        try:
+            ready = server.start(assets, names)
+            pss, _ = server.memory()
+        finally:
+            server.stop()
+        results["models"][copies] = {"ready_s": ready, "pss_mb": pss / 1e6}
+        log(f"  scaling: {copies:2d} models ready in {ready:.2f} s, PSS {pss / 1e6:.0f} MB")
+    for batch in (1, 8, 32):
+        server = modelserve_server(modelserve_store(assets, 1, batch), ["convnet"], tag=f"modelserve-b{batch}")
+        try:
+            server.start(assets, ["convnet"])
+            load(server, assets, "convnet", 64, min(2.0, duration))
+            point = load(server, assets, "convnet", 64, duration)
+        finally:
+            server.stop()
+        results["batch_size"][batch] = point.__dict__
+        log(f"  batch {batch:2d} c=64: {point.throughput:.0f} req/s p99 {point.p99_ms:.1f} ms errors {point.errors}")
+    server = modelserve_server(modelserve_store(assets, 1), list(MODEL_CONFIG), tag="modelserve-soak")
+    try:
+        server.start(assets, list(MODEL_CONFIG))
+        served = 0
+        for target in (10_000, 100_000):
+            while served < target:
+                served += load(server, assets, "convnet", 32, 5).requests
+            pss, _ = server.memory()
+            results["soak"][target] = {"requests": served, "pss_mb": pss / 1e6}
+            log(f"  after {served} requests: PSS {pss / 1e6:.0f} MB")
+    finally:
+        server.stop()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: modelserve only, a few seconds")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured point")
+    parser.add_argument("--rounds", type=int, default=2, help="A B A B rounds")
+    parser.add_argument("--servers", default="modelserve,torchserve,litserve")
+    parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.rounds, args.servers, args.skip_scaling = 1.0, 1, "modelserve", True
+    WORK.mkdir(exist_ok=True)
+    assets = ensure_assets()
+    wanted = args.servers.split(",")
+    factories: dict[str, Callable[[], Server]] = {"modelserve": lambda: modelserve_server(modelserve_store(assets), list(MODEL_CONFIG))}
+    if "torchserve" in wanted:
+        ts_venv = ensure_venv("torchserve", ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "pillow", "numpy", "pyyaml"])
+        ts_store = torchserve_store(assets, ts_venv)
+        factories["torchserve"] = lambda: torchserve_server(ts_store, ts_venv)
+    if "litserve" in wanted:
+        lit_venv = ensure_venv("litserve", ["litserve==0.2.19", "pillow", "numpy"])
+        factories["litserve"] = lambda: litserve_server(assets, lit_venv)
+    names = [n for n in wanted if n in factories]
+    log("checking that every server gives the same answers")
+    answers: dict[str, Any] = {}
+    for name in names:
+        server = factories[name]()
+        server.start(assets, list(MODEL_CONFIG))
+        try:
+            answers.update(check_answers([server], assets))
+        finally:
+            server.stop()
+    reference = answers[names[0]]
+    if any(a != reference for a in answers.values()):
+        raise SystemExit(f"servers disagree: {answers}")
+    raw: dict[str, dict[str, Any]] = {name: {} for name in names}
+    sweeps: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for round_index in range(args.rounds):
+        for name in names:
+            log(f"round {round_index + 1}: {name}")
+            sweep = sweeps[name] if round_index == 0 and not args.quick else None
+            measure_server(factories[name](), assets, args.duration, WORKLOADS, raw[name], sweep)
+    limits = {}
+    if not args.quick:
+        log("in-process limit")
+        seconds = max(3.0, args.duration / 2)
+        limits = {
+            "W1 1 thread batch 1": in_process_limit(assets, "convnet", 1, 1, seconds),
+            "W1 1 thread batch 8": in_process_limit(assets, "convnet", 1, 8, seconds),
+            "W2 2 threads batch 1": in_process_limit(assets, "resnet18", 2, 1, seconds),
+            "W2 2 threads batch 8": in_process_limit(assets, "resnet18", 2, 8, seconds),
+        }
+        for label, value in limits.items():
+            log(f"  {label}: {value:.1f} /s")
+    summary = summarize(raw)
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=REPO, check=False).stdout.strip(),  # fmt: skip
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)},  # fmt: skip
+        "settings": {"duration_s": args.duration, "rounds": args.rounds, "model_config": MODEL_CONFIG,
+                     "load_generator": "wrk" if shutil.which("wrk") else "python threads"},  # fmt: skip
+        "answers": answers,
+        "raw": raw,
+        "summary": summary,
+        "in_process_limit": limits,
+        "sweep": {name: points for name, points in sweeps.items() if points},
+        "scaling": {} if args.skip_scaling else scaling(assets, args.duration),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    output = args.output or RESULTS / ("quick.json" if args.quick else f"run-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    output.write_text(json.dumps(result, indent=2))
+    log(f"results in {output}")
+    if not args.quick:
+        from report import write_report
+
+        write_report(result, output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
