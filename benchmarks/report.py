@@ -62,10 +62,10 @@ def markdown(result: dict[str, Any], json_name: str) -> str:
         "| --- | " + " | ".join("---" for _ in names) + " | --- |",
     ]
     for label in ("W1 c=1", "W1 c=32", "W2 c=8"):
-        cells = [
-            f"{summary[n][label]['throughput']:.0f} ({summary[n][label]['p50_ms']:.1f} / {summary[n][label]['p99_ms']:.1f})"
-            for n in names
-        ]
+        cells = []
+        for n in names:
+            point = summary[n][label]
+            cells.append(f"{point['throughput']:.0f} ({point['p50_ms']:.1f} / {point['p99_ms']:.1f})")
         ratio = (
             _ratio(summary["modelserve"][label]["throughput"], summary["torchserve"][label]["throughput"])
             if "torchserve" in summary and "modelserve" in summary
@@ -92,7 +92,8 @@ def markdown(result: dict[str, Any], json_name: str) -> str:
         lines += [f"| {k} | {v['ready_s']:.2f} | {v['pss_mb']:.0f} |" for k, v in scale["models"].items()]
         lines += ["", "| batch size (W1, c=64) | req/s | p99 ms | errors |", "| --- | --- | --- | --- |"]
         lines += [
-            f"| {k} | {v['throughput']:.0f} | {v['p99_ms']:.1f} | {v['errors']} |" for k, v in scale["batch_size"].items()
+            f"| {k} | {v['throughput']:.0f} | {v['p99_ms']:.1f} | {v['errors']} |"
+            for k, v in scale["batch_size"].items()
         ]
         lines += ["", "| after requests | PSS (MB) |", "| --- | --- |"]
         lines += [f"| {v['requests']} | {v['pss_mb']:.0f} |" for v in scale["soak"].values()]

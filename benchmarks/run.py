@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -141,9 +142,10 @@ def modelserve_store(assets: Path, copies: int = 1, batch_size: int | None = Non
     if store.is_dir():
         return store
     store.mkdir(parents=True)
-    for model, config in MODEL_CONFIG.items():
+    for model, base_config in MODEL_CONFIG.items():
+        config = base_config
         if batch_size is not None and model == "convnet":
-            config = config.replace("batchSize: 8", f"batchSize: {batch_size}")
+            config = re.sub(r"batchSize: \d+", f"batchSize: {batch_size}", config)
         config_path = store / f".{model}-config.yaml"
         config_path.write_text(config)
         names = [model] if model == "resnet18" or copies == 1 else [f"{model}{i}" for i in range(copies)]
@@ -194,7 +196,9 @@ class Server:
         for index, (command, env) in enumerate(self.start_command()):
             out = open(logs / f"{self.name}-{index}.log", "ab")  # noqa: SIM115 - kept open for the server's life
             self.processes.append(
-                subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=WORK, start_new_session=True)
+                subprocess.Popen(
+                    command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=WORK, start_new_session=True
+                )
             )
         deadline = started + timeout
         pending = set(models)
@@ -342,8 +346,9 @@ def run_python_load(url: str, body: Path, content_type: str, concurrency: int, d
         thread.join()
     elapsed = time.monotonic() - began
     ordered = sorted(latencies) or [0.0]
-    return Point(len(latencies) / elapsed, ordered[len(ordered) // 2] * 1000,
-                 ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, len(latencies), errors[0])  # fmt: skip
+    p50 = ordered[len(ordered) // 2] * 1000
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    return Point(len(latencies) / elapsed, p50, p99, len(latencies), errors[0])
 
 
 def load(server: Server, assets: Path, model: str, concurrency: int, duration: float) -> Point:
@@ -358,7 +363,8 @@ import io, json, sys, time
 import numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 from preprocess import preprocess
-model_path, kind, raw_path, threads, batch, seconds = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
+model_path, kind, raw_path = sys.argv[2], sys.argv[3], sys.argv[4]
+threads, batch, seconds = int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
 torch.set_num_threads(threads)
 model = torch.jit.load(model_path).eval()
 raw = open(raw_path, "rb").read()
@@ -407,8 +413,14 @@ def check_answers(servers: list[Server], assets: Path) -> dict[str, dict[str, An
 SWEEP = (1, 4, 8, 16, 32, 64)
 
 
-def measure_server(server: Server, assets: Path, duration: float, workloads: dict[str, tuple[str, str, int]],
-                   record: dict[str, Any], sweep: dict[str, Any] | None = None) -> None:
+def measure_server(
+    server: Server,
+    assets: Path,
+    duration: float,
+    workloads: dict[str, tuple[str, str, int]],
+    record: dict[str, Any],
+    sweep: dict[str, Any] | None = None,
+) -> None:
     ready = server.start(assets, list(MODEL_CONFIG))
     try:
         for model in MODEL_CONFIG:  # warm-up, not counted
@@ -451,7 +463,7 @@ def summarize(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def scaling(assets: Path, duration: float) -> dict[str, Any]:
-    """modelserve alone: memory and start time with 1/5/20 copies of W1, batch size sweep, memory after many requests."""
+    """modelserve alone: start and memory with 1/5/20 copies of W1, a batch size sweep, memory over 100k requests."""
     results: dict[str, Any] = {"models": {}, "batch_size": {}, "soak": {}}
     for copies in (1, 5, 20):
         names = ["convnet"] if copies == 1 else [f"convnet{i}" for i in range(copies)]
@@ -502,9 +514,13 @@ def main() -> int:
     WORK.mkdir(exist_ok=True)
     assets = ensure_assets()
     wanted = args.servers.split(",")
-    factories: dict[str, Callable[[], Server]] = {"modelserve": lambda: modelserve_server(modelserve_store(assets), list(MODEL_CONFIG))}
+    factories: dict[str, Callable[[], Server]] = {
+        "modelserve": lambda: modelserve_server(modelserve_store(assets), list(MODEL_CONFIG))
+    }
     if "torchserve" in wanted:
-        ts_venv = ensure_venv("torchserve", ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "pillow", "numpy", "pyyaml"])
+        ts_venv = ensure_venv(
+            "torchserve", ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "pillow", "numpy", "pyyaml"]
+        )
         ts_store = torchserve_store(assets, ts_venv)
         factories["torchserve"] = lambda: torchserve_server(ts_store, ts_venv)
     if "litserve" in wanted:
@@ -545,12 +561,21 @@ def main() -> int:
     summary = summarize(raw)
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=REPO, check=False).stdout.strip(),  # fmt: skip
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)},  # fmt: skip
-        "settings": {"duration_s": args.duration, "rounds": args.rounds, "model_config": MODEL_CONFIG,
-                     "load_generator": "wrk" if shutil.which("wrk") else "python threads"},  # fmt: skip
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO, check=False
+        ).stdout.strip(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        },
+        "settings": {
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "model_config": MODEL_CONFIG,
+            "load_generator": "wrk" if shutil.which("wrk") else "python threads",
+        },
         "answers": answers,
         "raw": raw,
         "summary": summary,

@@ -141,6 +141,7 @@ class ServerConfig:
     max_model_load_failures: int = 3
     url_download_timeout: float = 60.0
     max_archive_size: int = 16 << 30
+    use_worker_template: bool = True
     log_level: str = "INFO"
     log_format: str = "plain"
 
@@ -205,6 +206,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_model_load_failures": _int_at_least(1),
     "url_download_timeout": _float_at_least(0.1),
     "max_archive_size": _int_at_least(1),
+    "use_worker_template": _bool,
     "log_level": lambda v: _choice(v.strip().upper(), ("DEBUG", "INFO", "WARNING", "ERROR")),
     "log_format": lambda v: _choice(v.strip().lower(), ("plain", "json")),
 }

@@ -20,8 +20,5 @@ def preprocess(raw: bytes, model: str) -> np.ndarray:
     with Image.open(io.BytesIO(raw)) as image:
         converted = image.convert(mode).resize((size, size))
     array = (np.asarray(converted, dtype=np.float32) / 255.0 - mean) / std
-    if array.ndim == 2:
-        array = array[None]
-    else:
-        array = array.transpose(2, 0, 1)
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return np.ascontiguousarray(array)

@@ -28,5 +28,3 @@ class TopClass(BaseHandler):
 
     def postprocess(self, data):
         return [int(i) for i in data.argmax(dim=1)]
-
-

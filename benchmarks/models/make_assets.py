@@ -1,6 +1,6 @@
 """Write the reference models as TorchScript (seeded weights) and the sample inputs ``digit.png`` and ``cat.jpg``.
 
-    python benchmarks/models/make_assets.py OUT_DIR
+python benchmarks/models/make_assets.py OUT_DIR
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from convnet import ConvNet  # noqa: E402
-from resnet import ResNet18  # noqa: E402
+from convnet import ConvNet
+from resnet import ResNet18
 
 MODELS = {"convnet": (ConvNet, (1, 1, 28, 28)), "resnet18": (ResNet18, (1, 3, 224, 224))}
 

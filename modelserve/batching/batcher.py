@@ -110,8 +110,9 @@ class Batcher:
             if not waiter.done():
                 waiter.cancel()
 
-    async def next_batch(self, batch_size: int, max_batch_delay_s: float,
-                         busy: Callable[[], bool] | None = None) -> list[Job]:
+    async def next_batch(
+        self, batch_size: int, max_batch_delay_s: float, busy: Callable[[], bool] | None = None
+    ) -> list[Job]:
         """Wait for at least one live job and return up to ``batch_size`` of them."""
         first = self._pop_live()
         while first is None:

@@ -22,7 +22,8 @@ from modelserve.errors import (
     VersionNotFoundError,
 )
 from modelserve.models.store import ModelSource
-from modelserve.models.version import ModelVersion
+from modelserve.models.version import ModelVersion, needs_torch
+from modelserve.workers.template import WorkerTemplate
 
 log = logging.getLogger("modelserve.registry")
 
@@ -48,6 +49,18 @@ class ModelRegistry:
         self.defaults: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self.limits = ArchiveLimits(max_total_bytes=server.max_archive_size)
+        self._template: WorkerTemplate | None = None
+        self._template_lock = asyncio.Lock()
+
+    async def template(self) -> WorkerTemplate | None:
+        """The torch worker template, started on first need; None when it cannot run (workers are spawned then)."""
+        if not self.server.use_worker_template:
+            return None
+        async with self._template_lock:
+            if self._template is None:
+                self._template = WorkerTemplate()
+                await self._template.start(os.environ)
+            return self._template if self._template.available else None
 
     # ---- lookup ---------------------------------------------------------------------------------------------
     def get(self, name: str, version: str | None = None) -> ModelVersion:
@@ -105,6 +118,7 @@ class ModelRegistry:
             extracted = await asyncio.to_thread(extract_archive, source.path, self.work_dir, self.limits)
         except ArchiveError as exc:
             raise InvalidRequestError(f"cannot load {source.url}: {exc}") from None
+        template = await self.template() if needs_torch(extracted) else None
         try:
             config = self._model_config(extracted, options)
             name = options.model_name or extracted.manifest.model_name
@@ -116,7 +130,7 @@ class ModelRegistry:
                     name=name, version=version_name, url=source.url, extracted=extracted, config=config,
                     loaded_at_startup=options.loaded_at_startup,
                     max_load_failures=self.server.max_model_load_failures,
-                    thread_count=self.thread_count, handler=options.handler,
+                    thread_count=self.thread_count, handler=options.handler, template=template,
                 )  # fmt: skip
                 self.models.setdefault(name, {})[version_name] = version
                 self.defaults.setdefault(name, version_name)
@@ -193,6 +207,9 @@ class ModelRegistry:
         await asyncio.gather(*(v.unload(drain_timeout_s) for v in versions), return_exceptions=True)
         self.models.clear()
         self.defaults.clear()
+        if self._template is not None:
+            await self._template.stop()
+            self._template = None
 
     # ---- snapshot -----------------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

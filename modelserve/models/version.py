@@ -18,6 +18,16 @@ from modelserve.errors import ServiceUnavailableError
 from modelserve.stats import VersionStats
 from modelserve.workers.pool import PoolSettings, WorkerPool
 from modelserve.workers.protocol import InferRequest, InitMessage, Protocol
+from modelserve.workers.template import WorkerTemplate
+
+TORCH_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".torchscript")
+
+
+def needs_torch(extracted: ExtractedArchive) -> bool:
+    """Whether the version's workers will load torch (and so are best forked from the torch template)."""
+    manifest = extracted.manifest
+    serialized = manifest.serialized_file or ""
+    return bool(manifest.model_file) or serialized.endswith(TORCH_SUFFIXES)
 
 
 class VersionState(enum.Enum):
@@ -39,6 +49,7 @@ class ModelVersion:
         max_load_failures: int,
         thread_count: Callable[[ModelConfig], int],
         handler: str | None = None,
+        template: WorkerTemplate | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -63,6 +74,7 @@ class ModelVersion:
             stats=self.stats,
             make_init=self._init_message,
             thread_count=lambda: thread_count(self.config),
+            template=template,
         )
         self.min_workers = config.min_workers
         self.max_workers = config.max_workers

@@ -169,9 +169,7 @@ def describe_handler(document: dict[str, Any]) -> Handler:
 def create_inference_app(state: ServerState) -> web.Application:
     from modelserve.server import v2
 
-    app = web.Application(
-        middlewares=[error_middleware], client_max_size=state.config.max_request_size
-    )
+    app = web.Application(middlewares=[error_middleware], client_max_size=state.config.max_request_size)
     app[STATE] = state
     app[MAX_BODY_KEY] = state.config.max_request_size
     describe = describe_handler(build_document("Inference API", ROUTES + v2.INFERENCE_ROUTES))

@@ -66,6 +66,8 @@ class Channel:
 
 def _set_thread_count(threads: int) -> None:
     torch = sys.modules.get("torch")
+    if threads <= 0 and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = int(os.environ["OMP_NUM_THREADS"])  # the operator's choice (a template imported torch with 1)
     if torch is not None and threads > 0:
         torch.set_num_threads(threads)
 

@@ -21,6 +21,7 @@ from modelserve.errors import ModelLoadError, WorkerDiedError, WorkerLoadError, 
 from modelserve.stats import VersionStats
 from modelserve.workers.process import WorkerProcess, describe_exit, worker_environment
 from modelserve.workers.protocol import InferMessage, InferResult, InitMessage
+from modelserve.workers.template import WorkerTemplate
 
 log = logging.getLogger("modelserve.pool")
 
@@ -82,7 +83,9 @@ class _Slot:
             worker = WorkerProcess(f"{pool.label}-{next(pool.worker_ids)}", f"{pool.label}:{self.index}")
             self.worker = worker
             try:
-                await worker.start(pool.make_init(worker.worker_id), pool.settings.startup_timeout_s, pool.make_env())
+                await worker.start(
+                    pool.make_init(worker.worker_id), pool.settings.startup_timeout_s, pool.make_env(), pool.template
+                )
             except WorkerLoadError as exc:
                 await worker.kill()
                 failures = pool.load_failed(str(exc))
@@ -198,6 +201,7 @@ class WorkerPool:
         stats: VersionStats,
         make_init: Callable[[str], InitMessage],
         thread_count: Callable[[], int],
+        template: WorkerTemplate | None = None,
     ) -> None:
         self.label = label
         self.batcher = batcher
@@ -205,6 +209,7 @@ class WorkerPool:
         self.stats = stats
         self.make_init = make_init
         self.thread_count = thread_count
+        self.template = template
         self.slots: list[_Slot] = []
         self.worker_ids = itertools.count(1)
         self.failed = False

@@ -35,6 +35,7 @@ from modelserve.workers.protocol import (
     decode,
     encode,
 )
+from modelserve.workers.template import ForkedProcess, WorkerTemplate
 
 log = logging.getLogger("modelserve.worker")
 
@@ -89,7 +90,7 @@ class WorkerProcess:
         self.log_prefix = log_prefix
         self.state = WorkerState.STARTING
         self.start_time = time.time()
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: asyncio.subprocess.Process | ForkedProcess | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._log_tasks: list[asyncio.Task[None]] = []
@@ -106,18 +107,30 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
-    async def start(self, init: InitMessage, startup_timeout_s: float, env: Mapping[str, str]) -> None:
-        """Spawn the worker and wait until its handler initialized; raise WorkerLoadError otherwise."""
+    async def start(
+        self,
+        init: InitMessage,
+        startup_timeout_s: float,
+        env: Mapping[str, str],
+        template: WorkerTemplate | None = None,
+    ) -> None:
+        """Start the worker (forked from the template when given) and wait until its handler initialized."""
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "modelserve.workers.main", "--fd", str(child_sock.fileno()),
-                pass_fds=(child_sock.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=dict(env),
-            )  # fmt: skip
+            if template is not None and template.available:
+                try:
+                    self.process = await template.spawn(child_sock.fileno(), env)
+                except OSError as exc:
+                    log.warning("worker template failed (%s); starting %s as a separate program", exc, self.worker_id)
+            if self.process is None:
+                self.process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "modelserve.workers.main", "--fd", str(child_sock.fileno()),
+                    pass_fds=(child_sock.fileno(),),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    env=dict(env),
+                )  # fmt: skip
         except OSError as exc:
             parent_sock.close()
             raise WorkerLoadError(f"cannot start a worker process: {exc}") from exc
@@ -231,8 +244,12 @@ class WorkerProcess:
                     future.set_exception(error)
                     future.exception()  # retrieved here: infer() may be past waiting on this one
 
-    async def infer(self, message: InferMessage, timeout_s: float,
-                    prune: Callable[[InferMessage], InferMessage | None] | None = None) -> ResultMessage | None:
+    async def infer(
+        self,
+        message: InferMessage,
+        timeout_s: float,
+        prune: Callable[[InferMessage], InferMessage | None] | None = None,
+    ) -> ResultMessage | None:
         """Run one batch; raise WorkerDiedError or WorkerTimeoutError.
 
         One batch computes at a time; the next one waits here, armed, and is sent by the reply reader the moment the
