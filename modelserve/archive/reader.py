@@ -12,6 +12,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -131,7 +132,7 @@ def _prepare_target(staging: Path, path: PurePosixPath, seen: set[str], name: st
 def _extract_zip(source: Path, staging: Path, limits: ArchiveLimits) -> None:
     try:
         archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError, EOFError) as exc:
         raise ArchiveError(f"{source.name} is not a readable zip archive: {exc}") from None
     with archive:
         infos = archive.infolist()
@@ -160,7 +161,15 @@ def _extract_zip(source: Path, staging: Path, limits: ArchiveLimits) -> None:
             try:
                 with archive.open(info) as src:
                     _copy_stream(src, target, info.filename, budget, info.compress_size)
-            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+            except (
+                zipfile.BadZipFile,
+                OSError,
+                EOFError,
+                NotImplementedError,
+                RuntimeError,
+                ValueError,
+                zlib.error,
+            ) as exc:
                 if isinstance(exc, FileExistsError):
                     raise UnsafeEntryError(info.filename, "collides with another entry") from None
                 raise ArchiveError(f"cannot read entry {info.filename!r}: {exc}") from None
@@ -170,7 +179,7 @@ def _extract_tar(source: Path, staging: Path, limits: ArchiveLimits) -> None:
     compressed_size = source.stat().st_size
     try:
         archive = tarfile.open(source, mode="r:*")  # noqa: SIM115 - closed by the with block below
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ArchiveError(f"{source.name} is not a readable tar archive: {exc}") from None
     budget = _Budget(limits)
     seen: set[str] = set()
@@ -201,7 +210,7 @@ def _extract_tar(source: Path, staging: Path, limits: ArchiveLimits) -> None:
                         f"archive expands {budget.total / compressed_size:.0f}x at entry {member.name!r} "
                         f"(limit {limits.max_ratio:.0f}x): refusing a possible bomb"
                     )
-        except (tarfile.TarError, EOFError, OSError) as exc:
+        except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
             if isinstance(exc, FileExistsError):
                 raise ArchiveError(f"entry collides with another entry: {exc.filename}") from None
             raise ArchiveError(f"cannot read {source.name}: {exc}") from None

@@ -19,12 +19,16 @@ from modelserve.errors import ModelServeError
 from modelserve.models.registry import ModelRegistry, RegisterOptions
 from modelserve.models.store import ModelStore
 from modelserve.server.auth import write_key_file
+from modelserve.server.cors import cors_middleware
+from modelserve.server.guard import ConnectionGuard, GuardedSite
 from modelserve.server.inference import create_inference_app
 from modelserve.server.management import create_management_app
 from modelserve.server.metrics_app import create_metrics_app
 from modelserve.server.state import ServerState
 
 log = logging.getLogger("modelserve.server")
+
+KEEPALIVE_S = 15.0
 
 
 @dataclass
@@ -76,11 +80,16 @@ class Server:
 
     async def _serve_app(self, app: web.Application, address: str) -> str:
         host, port = parse_address(address)
+        config = self.config
+        guard = ConnectionGuard(config.max_connections, config.header_timeout, KEEPALIVE_S)
+        app.middlewares.insert(0, guard.middleware())
+        if config.cors_allowed_origin:
+            app.middlewares.insert(0, cors_middleware(config))
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, max_line_size=8190,
-                               max_field_size=8190, max_headers=100)  # fmt: skip
+                               max_field_size=8190, max_headers=100, keepalive_timeout=KEEPALIVE_S)  # fmt: skip
         await runner.setup()
         self.runners.append(runner)
-        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+        site = GuardedSite(runner, host, port, guard)
         try:
             await site.start()
         except OSError as exc:
