@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parents[1] / "examples" / "mnist"))  # the ConvNet lives with the MNIST example
 
-from convnet import ConvNet
-from resnet import ResNet18
+from convnet import ConvNet  # noqa: E402
+from resnet import ResNet18  # noqa: E402
 
 MODELS = {"convnet": (ConvNet, (1, 1, 28, 28)), "resnet18": (ResNet18, (1, 3, 224, 224))}
 

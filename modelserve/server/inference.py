@@ -6,13 +6,12 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
 
 from aiohttp import web
 
 from modelserve.errors import ModelLoadError, ServiceUnavailableError
 from modelserve.models.version import ModelVersion
-from modelserve.server.errors import MAX_BODY_KEY, REQUEST_ID, Handler, error_middleware, error_response, status_for
+from modelserve.server.errors import MAX_BODY_KEY, REQUEST_ID, error_middleware, error_response, status_for
 from modelserve.server.openapi import DESCRIBE_ROUTES, RouteDoc, build_document, name_param, version_param
 from modelserve.server.state import STATE, ServerState
 from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferResult, Protocol
@@ -20,40 +19,18 @@ from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferResult, Protoco
 access_log = logging.getLogger("modelserve.access")
 
 
+PREDICTION_RESPONSES = {200: "Prediction", 400: "Bad input", 404: "Unknown model or version", 413: "Body too large",
+                        503: "Busy"}  # fmt: skip
 ROUTES = [
     *DESCRIBE_ROUTES,
     RouteDoc("GET", "/ping", "Health of the server and its models", responses={200: "Healthy", 500: "Unhealthy"}),
-    RouteDoc(
-        "POST",
-        "/predictions/{name}",
-        "Predict with the default version",
-        (name_param(),),
-        {200: "Prediction", 400: "Bad input", 404: "Unknown model", 413: "Body too large", 503: "Busy"},
-        body="application/octet-stream",
-    ),
-    RouteDoc(
-        "PUT",
-        "/predictions/{name}",
-        "Predict with the default version",
-        (name_param(),),
-        {200: "Prediction", 400: "Bad input", 404: "Unknown model", 413: "Body too large", 503: "Busy"},
-        body="application/octet-stream",
-    ),
-    RouteDoc(
-        "POST",
-        "/predictions/{name}/{version}",
-        "Predict with one version",
-        (name_param(), version_param()),
-        {200: "Prediction", 400: "Bad input", 404: "Unknown model or version", 503: "Busy"},
-        body="application/octet-stream",
-    ),
-    RouteDoc(
-        "PUT",
-        "/predictions/{name}/{version}",
-        "Predict with one version",
-        (name_param(), version_param()),
-        {200: "Prediction", 400: "Bad input", 404: "Unknown model or version", 503: "Busy"},
-        body="application/octet-stream",
+    *(
+        RouteDoc(method, path, summary, params, PREDICTION_RESPONSES, body="application/octet-stream")
+        for method in ("POST", "PUT")
+        for path, summary, params in (
+            ("/predictions/{name}", "Predict with the default version", (name_param(),)),
+            ("/predictions/{name}/{version}", "Predict with one version", (name_param(), version_param())),
+        )
     ),
     RouteDoc("GET", "/v2/health/live", "Liveness", responses={200: "Live"}),
     RouteDoc("GET", "/v2/health/ready", "Readiness", responses={200: "Ready", 503: "Not ready"}),
@@ -157,13 +134,15 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 
-def describe_handler(document: dict[str, Any]) -> Handler:
-    text = json.dumps(document)
+def add_description_routes(app: web.Application, title: str, routes: list[RouteDoc]) -> None:
+    """``OPTIONS /`` and ``GET /api-description``: this port's OpenAPI document."""
+    text = json.dumps(build_document(title, routes))
 
     async def describe(request: web.Request) -> web.Response:
         return web.Response(text=text, content_type="application/json")
 
-    return describe
+    app.router.add_route("OPTIONS", "/", describe)
+    app.router.add_get("/api-description", describe)
 
 
 def create_inference_app(state: ServerState) -> web.Application:
@@ -172,9 +151,7 @@ def create_inference_app(state: ServerState) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=state.config.max_request_size)
     app[STATE] = state
     app[MAX_BODY_KEY] = state.config.max_request_size
-    describe = describe_handler(build_document("Inference API", ROUTES + v2.INFERENCE_ROUTES))
-    app.router.add_route("OPTIONS", "/", describe)
-    app.router.add_get("/api-description", describe)
+    add_description_routes(app, "Inference API", ROUTES + v2.INFERENCE_ROUTES)
     app.router.add_get("/ping", ping)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)

@@ -14,8 +14,8 @@ from modelserve.models.store import ModelSource, download, is_remote
 from modelserve.models.version import ModelVersion
 from modelserve.server.auth import token_middleware
 from modelserve.server.errors import error_middleware
-from modelserve.server.inference import describe_handler
-from modelserve.server.openapi import DESCRIBE_ROUTES, Param, RouteDoc, build_document, name_param, version_param
+from modelserve.server.inference import add_description_routes
+from modelserve.server.openapi import DESCRIBE_ROUTES, Param, RouteDoc, name_param, version_param
 from modelserve.server.state import STATE, ServerState
 
 log = logging.getLogger("modelserve.management")
@@ -205,9 +205,7 @@ def create_management_app(state: ServerState, token: str | None) -> web.Applicat
     app[STATE] = state
     from modelserve.server import v2
 
-    describe = describe_handler(build_document("Management API", ROUTES + v2.REPOSITORY_ROUTES))
-    app.router.add_route("OPTIONS", "/", describe)
-    app.router.add_get("/api-description", describe)
+    add_description_routes(app, "Management API", ROUTES + v2.REPOSITORY_ROUTES)
     app.router.add_get("/models", list_models)
     app.router.add_post("/models", register_model)
     for path in ("/models/{name}", "/models/{name}/{version}"):

@@ -15,8 +15,8 @@ from prometheus_client.registry import Collector
 
 from modelserve.models.version import ModelVersion
 from modelserve.server.errors import error_middleware
-from modelserve.server.inference import describe_handler
-from modelserve.server.openapi import DESCRIBE_ROUTES, RouteDoc, build_document
+from modelserve.server.inference import add_description_routes
+from modelserve.server.openapi import DESCRIBE_ROUTES, RouteDoc
 from modelserve.server.state import STATE, ServerState
 from modelserve.stats import Histogram
 
@@ -145,8 +145,6 @@ def create_metrics_app(state: ServerState) -> web.Application:
 
     app = web.Application(middlewares=[error_middleware])
     app[STATE] = state
-    describe = describe_handler(build_document("Metrics API", ROUTES))
-    app.router.add_route("OPTIONS", "/", describe)
-    app.router.add_get("/api-description", describe)
+    add_description_routes(app, "Metrics API", ROUTES)
     app.router.add_get("/metrics", metrics)
     return app
