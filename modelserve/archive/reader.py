@@ -245,10 +245,13 @@ def archive_kind(source: Path) -> str:
     """``zip``, ``tar`` or ``dir``, from what the file is (not only its name)."""
     if source.is_dir():
         return "dir"
-    if zipfile.is_zipfile(source):
-        return "zip"
-    if tarfile.is_tarfile(source):
-        return "tar"
+    try:
+        if zipfile.is_zipfile(source):
+            return "zip"
+        if tarfile.is_tarfile(source):
+            return "tar"
+    except (OSError, EOFError, ValueError, zlib.error, tarfile.TarError) as exc:
+        raise ArchiveError(f"{source.name} is a damaged archive: {exc}") from None
     raise ArchiveError(f"{source.name} is neither a zip (.mar), a tar.gz archive nor a directory")
 
 

@@ -160,11 +160,15 @@ def test_interrupt_leaves_no_partial_archive(inputs: Path) -> None:
     with open(big, "wb") as out:
         for _ in range(64):
             out.write(os.urandom(4 << 20))
+    # a shell's background job ignores SIGINT, and an ignored signal stays ignored across exec: handle it here for
+    # the moment of the spawn, so the child starts with the default disposition and Python's Ctrl-C handling
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     proc = subprocess.Popen(
         [script("modelserve-archive"), "--model-name", "big", "--handler", "handler.py",
          "--serialized-file", "big.bin"],
         cwd=inputs, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
 
     def writing() -> bool:
