@@ -13,9 +13,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import typing
 from pathlib import Path
 
+from modelserve.archive.cli import OneLineParser
 from modelserve.config import ServerConfig, load_server_config
 from modelserve.errors import ModelServeError
 from modelserve.logs import configure_logging
@@ -28,11 +28,6 @@ READY_MARK = "MODELSERVE-READY"
 
 def default_pid_file() -> Path:
     return Path(tempfile.gettempdir()) / ".modelserve.pid"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
