@@ -20,7 +20,7 @@ from modelserve.batching.batcher import Batcher, Job
 from modelserve.errors import ModelLoadError, WorkerDiedError, WorkerLoadError, WorkerTimeoutError
 from modelserve.stats import VersionStats
 from modelserve.workers.process import WorkerProcess, describe_exit, worker_environment
-from modelserve.workers.protocol import InferMessage, InferResult, InitMessage
+from modelserve.workers.protocol import InferMessage, InitMessage
 from modelserve.workers.template import WorkerTemplate
 
 log = logging.getLogger("modelserve.pool")
@@ -305,4 +305,3 @@ class WorkerPool:
         await asyncio.gather(*(slot.stop() for slot in slots), return_exceptions=True)
 
 
-__all__ = ["InferResult", "PoolSettings", "WorkerPool", "backoff_delay"]
