@@ -303,5 +303,3 @@ class WorkerPool:
     async def stop(self) -> None:
         slots, self.slots = self.slots, []
         await asyncio.gather(*(slot.stop() for slot in slots), return_exceptions=True)
-
-
