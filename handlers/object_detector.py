@@ -18,6 +18,8 @@ from modelserve.vision import ImageTransform, decode_image, load_labels, payload
 
 
 class ObjectDetector(BaseHandler):
+    calls_model_through_run = True
+
     def initialize(self, context: Context) -> None:
         super().initialize(context)
         config = self.handler_config

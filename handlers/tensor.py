@@ -30,6 +30,8 @@ def _strings(value: Any) -> np.ndarray:
 
 
 class TensorHandler(BaseHandler):
+    calls_model_through_run = True
+
     def initialize(self, context: Context) -> None:
         super().initialize(context)
         specs = self.model.inputs if self.model is not None else []

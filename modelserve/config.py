@@ -266,6 +266,7 @@ class ModelConfig:
     job_queue_size: int
     device_type: str = "cpu"
     intra_op_threads: int = 0
+    optimize: bool = True
     handler: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -336,6 +337,14 @@ def _yaml_float(minimum: float) -> Callable[[Any], float]:
     return parse
 
 
+def _yaml_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def _device(value: Any) -> str:
     if value not in ("cpu", "gpu"):
         raise ValueError(f"expected cpu or gpu, got {value!r}")
@@ -358,6 +367,7 @@ _MODEL_KEYS.update({
     "jobQueueSize": ("job_queue_size", _yaml_int(1)),
     "deviceType": ("device_type", _device),
     "intraOpThreads": ("intra_op_threads", _yaml_int(0)),
+    "optimize": ("optimize", _yaml_bool),
     "handler": ("handler", _mapping),
 })  # fmt: skip
 

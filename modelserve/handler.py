@@ -161,7 +161,14 @@ class BaseHandler:
 
     A subclass that defines ``preprocess_one(item)`` and ``collate(samples)`` gets per-request input errors: an item
     whose ``preprocess_one`` raises ``BadInputError`` is answered with 400 while the rest of the batch runs.
+
+    On CPU, ``self.model.run`` may call a frozen, optimized form of a torch model where it measures faster
+    (``modelserve.optimize``; ``optimize: false`` in model-config.yaml turns it off). A handler that calls the model
+    only through ``self.model.run`` sets ``calls_model_through_run = True`` (the default when ``inference`` is not
+    overridden) so the original module can be freed once the optimized form wins everywhere.
     """
+
+    calls_model_through_run: bool | None = None
 
     def __init__(self) -> None:
         self.context: Context | None = None
@@ -184,6 +191,11 @@ class BaseHandler:
         device = str(context.model_yaml_config.get("deviceType", "cpu"))
         threads = int(context.system_properties.get("intra_op_threads") or 0)
         self.model = load_model(model_dir, context.manifest, threads, device)
+        if self.model is not None and context.model_yaml_config.get("optimize", True) is not False:
+            through_run = self.calls_model_through_run
+            if through_run is None:
+                through_run = type(self).inference is BaseHandler.inference
+            self.model.enable_optimization(release_original=through_run)
         self.initialized = True
 
     def preprocess_one(self, item: dict[str, Any]) -> Any:

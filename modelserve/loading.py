@@ -42,6 +42,23 @@ class LoadedModel:
     device: str = "cpu"
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
+    forms: Any = None  # a FormChooser when the model may run through its optimized form
+
+    def enable_optimization(self, release_original: bool) -> None:
+        """Let ``run`` use the frozen, optimized form of a CPU torch model where it measures faster.
+
+        With ``release_original`` the handler promises to call the model through ``run`` only: once the optimized
+        form wins everywhere, ``model`` becomes that form and the original is freed.
+        """
+        if self.kind == "onnx" or self.device != "cpu":
+            return
+        from modelserve.optimize import FormChooser
+
+        def settled(form: Any) -> None:
+            if release_original:
+                self.model = form
+
+        self.forms = FormChooser(self.model, f"{self.kind} model", settled)
 
     def run(self, *args: Any) -> Any:
         """Run the model; numpy arrays in, numpy arrays (or lists/dicts of them) out."""
@@ -66,9 +83,10 @@ class LoadedModel:
         import torch
 
         tensors = [_to_torch(a, self.device) for a in args]
+        call = self.forms if self.forms is not None else self.model
         with torch.inference_mode():
             try:
-                output = self.model(*tensors)
+                output = call(*tensors)
             except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                 if _looks_like_input_error(exc):
                     raise BadInputError(f"the model rejected the input: {_first_line(exc)}") from None

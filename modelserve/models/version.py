@@ -87,7 +87,7 @@ class ModelVersion:
             model_dir=str(self.extracted.root),
             handler=self.handler,
             manifest=manifest.to_dict(),
-            model_config={**self.config.raw, "handler": self.config.handler},
+            model_config={**self.config.raw, "handler": self.config.handler, "optimize": self.config.optimize},
             batch_size=self.config.batch_size,
             intra_op_threads=self.pool.thread_count(),
             worker_id=worker_id,

@@ -95,6 +95,10 @@ def test_model_config_layers_and_validation() -> None:
         base.updated({"minWorkers": 4, "maxWorkers": 1}, "test")
     with pytest.raises(ConfigError, match="deviceType"):
         base.updated({"deviceType": "tpu"}, "test")
+    assert base.optimize is True
+    assert base.updated({"optimize": "False"}, "test").optimize is False
+    with pytest.raises(ConfigError, match=r"optimize.*true or false"):
+        base.updated({"optimize": "sometimes"}, "test")
 
 
 def test_model_yaml_refuses_python_object_tags(tmp_path: Path) -> None:
