@@ -97,6 +97,11 @@ def markdown(result: dict[str, Any], json_name: str) -> str:
         ]
         lines += ["", "| after requests | PSS (MB) |", "| --- | --- |"]
         lines += [f"| {v['requests']} | {v['pss_mb']:.0f} |" for v in scale["soak"].values()]
+        forms = scale.get("plain_forms") or {}
+        if forms:
+            lines += ["", "| W1 c=32, both models loaded | req/s | p99 ms |", "| --- | --- | --- |"]
+            labels = {"plain": "`optimize: false` (plain TorchScript)", "optimize": "default (optimized form allowed)"}
+            lines += [f"| {labels.get(k, k)} | {v['throughput']:.0f} | {v['p99_ms']:.1f} |" for k, v in forms.items()]
     sweep = result.get("sweep") or {}
     if sweep:
         lines += ["", "![throughput and p99 against concurrency](results/latency.png)"]

@@ -134,11 +134,11 @@ def ensure_venv(name: str, packages: list[str]) -> Path:
     return venv
 
 
-def modelserve_store(assets: Path, copies: int = 1, batch_size: int | None = None) -> Path:
+def modelserve_store(assets: Path, copies: int = 1, batch_size: int | None = None, optimize: bool = True) -> Path:
     """Archives of both models (``copies`` of the small one) for modelserve, optionally with another batchSize."""
     from modelserve.archive.packer import PackRequest, pack_archive
 
-    store = WORK / f"store-modelserve-{copies}-{batch_size or 'default'}"
+    store = WORK / f"store-modelserve-{copies}-{batch_size or 'default'}{'' if optimize else '-plain'}"
     if store.is_dir():
         return store
     store.mkdir(parents=True)
@@ -146,6 +146,8 @@ def modelserve_store(assets: Path, copies: int = 1, batch_size: int | None = Non
         config = base_config
         if batch_size is not None and model == "convnet":
             config = re.sub(r"batchSize: \d+", f"batchSize: {batch_size}", config)
+        if not optimize:
+            config += "optimize: false\n"
         config_path = store / f".{model}-config.yaml"
         config_path.write_text(config)
         names = [model] if model == "resnet18" or copies == 1 else [f"{model}{i}" for i in range(copies)]
@@ -364,9 +366,11 @@ import numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 from preprocess import preprocess
 model_path, kind, raw_path = sys.argv[2], sys.argv[3], sys.argv[4]
-threads, batch, seconds = int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
+threads, batch, seconds, form = int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7]), sys.argv[8]
 torch.set_num_threads(threads)
 model = torch.jit.load(model_path).eval()
+if form == "frozen":
+    model = torch.jit.optimize_for_inference(torch.jit.freeze(model))
 raw = open(raw_path, "rb").read()
 done = 0
 with torch.inference_mode():
@@ -380,11 +384,12 @@ print(json.dumps({"throughput": done / (time.perf_counter() - start)}))
 """
 
 
-def in_process_limit(assets: Path, model: str, threads: int, batch: int, seconds: float) -> float:
+def in_process_limit(assets: Path, model: str, threads: int, batch: int, seconds: float, form: str = "plain") -> float:
+    """Images/s of the preprocessing and forward pass in a loop; ``form`` "frozen" is the form modelserve may use."""
     source = "digit.png" if model == "convnet" else "cat.jpg"
     output = subprocess.run(
-        [str(PYTHON), "-c", IN_PROCESS, str(HERE / "handlers"), str(assets / f"{model}.pt"), model,
-         str(assets / source), str(threads), str(batch), str(seconds)],
+        [str(PYTHON), "-W", "ignore", "-c", IN_PROCESS, str(HERE / "handlers"), str(assets / f"{model}.pt"), model,
+         str(assets / source), str(threads), str(batch), str(seconds), form],
         capture_output=True, text=True, check=True, env=clean_env(),
     ).stdout  # fmt: skip
     return float(json.loads(output.strip().splitlines()[-1])["throughput"])
@@ -464,7 +469,7 @@ def summarize(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def scaling(assets: Path, duration: float) -> dict[str, Any]:
     """modelserve alone: start and memory with 1/5/20 copies of W1, a batch size sweep, memory over 100k requests."""
-    results: dict[str, Any] = {"models": {}, "batch_size": {}, "soak": {}}
+    results: dict[str, Any] = {"models": {}, "batch_size": {}, "soak": {}, "plain_forms": {}}
     for copies in (1, 5, 20):
         names = ["convnet"] if copies == 1 else [f"convnet{i}" for i in range(copies)]
         server = modelserve_server(modelserve_store(assets, copies), names, tag=f"modelserve-{copies}")
@@ -485,6 +490,18 @@ def scaling(assets: Path, duration: float) -> dict[str, Any]:
             server.stop()
         results["batch_size"][batch] = point.__dict__
         log(f"  batch {batch:2d} c=64: {point.throughput:.0f} req/s p99 {point.p99_ms:.1f} ms errors {point.errors}")
+    # what the optimized model form is worth: the same W1 c=32 point with `optimize: false` in both archives
+    for optimize in (False, True):
+        store = modelserve_store(assets, 1, optimize=optimize)
+        server = modelserve_server(store, list(MODEL_CONFIG), tag=f"modelserve-optimize-{optimize}")
+        try:
+            server.start(assets, list(MODEL_CONFIG))
+            load(server, assets, "convnet", 32, min(2.0, duration))
+            point = load(server, assets, "convnet", 32, duration)
+        finally:
+            server.stop()
+        results["plain_forms"]["optimize" if optimize else "plain"] = point.__dict__
+        log(f"  optimize {optimize}: W1 c=32 {point.throughput:.0f} req/s p99 {point.p99_ms:.1f} ms")
     server = modelserve_server(modelserve_store(assets, 1), list(MODEL_CONFIG), tag="modelserve-soak")
     try:
         server.start(assets, list(MODEL_CONFIG))
@@ -555,6 +572,9 @@ def main() -> int:
             "W1 1 thread batch 8": in_process_limit(assets, "convnet", 1, 8, seconds),
             "W2 2 threads batch 1": in_process_limit(assets, "resnet18", 2, 1, seconds),
             "W2 2 threads batch 8": in_process_limit(assets, "resnet18", 2, 8, seconds),
+            "W1 1 thread batch 8, frozen": in_process_limit(assets, "convnet", 1, 8, seconds, "frozen"),
+            "W2 2 threads batch 1, frozen": in_process_limit(assets, "resnet18", 2, 1, seconds, "frozen"),
+            "W2 2 threads batch 8, frozen": in_process_limit(assets, "resnet18", 2, 8, seconds, "frozen"),
         }
         for label, value in limits.items():
             log(f"  {label}: {value:.1f} /s")
