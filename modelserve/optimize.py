@@ -11,10 +11,11 @@ small model), and freezing can fail or change a model that mutates its own attri
   returned); a disagreement, or an exception from the optimized form only, drops it for good;
 - the next calls run each form a few times in a row, timed; the optimized form is kept for that shape only when its
   best time is at least ``MIN_GAIN`` faster;
-- once a few shapes, a batch of one among them, agree on the winner, the choice is settled for every shape and the
-  losing form is released (the plain module only when the handler said it no longer needs it). When shapes
-  disagree (typically: plain for a batch of one, optimized for larger batches) both forms stay, each used where it
-  won.
+- a small model (weights under ``KEEP_BOTH_BYTES``) keeps both forms until a few shapes, a batch of one among them,
+  agree on the winner; when shapes disagree (typically: plain for a batch of one, optimized for larger batches)
+  both stay, each used where it won. A larger model settles on the winner of its first measured shape, for every
+  shape: two copies of its weights would cost more memory than a per-shape choice gains. Settling releases the
+  losing form (the plain module only when the handler said it no longer needs it).
 
 Turn it off per model with ``optimize: false`` in model-config.yaml.
 """
@@ -36,6 +37,7 @@ RUN = 3  # then, per shape, RUN calls of the plain form and RUN of the optimized
 # the caches for that form (the two forms do not fit the caches together) and is not counted
 MIN_GAIN = 0.05  # the optimized form must be this much faster to be used
 SETTLE_AGREEING = 3  # this many shapes with the same winner (a batch of one among them) settle the choice
+KEEP_BOTH_BYTES = 16 << 20  # weights under this size may stay resident in both forms
 MAX_SHAPES = 64  # shapes decided or under trial; beyond this, new shapes use the current majority
 
 
@@ -84,6 +86,15 @@ def same_answer(a: Any, b: Any) -> bool:
     return type(a) is type(b) and bool(a == b)
 
 
+def weight_bytes(module: Any) -> int:
+    """Bytes of a module's parameters and buffers (0 for anything that is not a torch module)."""
+    try:
+        tensors = [*module.parameters(), *module.buffers()]
+    except (AttributeError, TypeError, RuntimeError):
+        return 0
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def build_optimized(module: Any) -> Any:
     """The frozen, inference-optimized form of a module (eager modules are scripted first); raises if impossible."""
     import torch
@@ -107,6 +118,7 @@ class FormChooser:
         self.broken = False
         self.trials: dict[tuple[Any, ...], _Trial] = {}
         self.decided: dict[tuple[Any, ...], bool] = {}  # shape -> the optimized form is faster
+        self.keep_both = weight_bytes(plain) < KEEP_BOTH_BYTES
 
     @property
     def settled_on(self) -> str:
@@ -190,7 +202,9 @@ class FormChooser:
 
     def _maybe_settle(self) -> None:
         winners = set(self.decided.values())
-        if len(self.decided) >= SETTLE_AGREEING and len(winners) == 1 and any(map(_batch_of_one, self.decided)):
+        if not self.keep_both:
+            self._settle(optimized=winners.pop() if len(winners) == 1 else self._majority())
+        elif len(self.decided) >= SETTLE_AGREEING and len(winners) == 1 and any(map(_batch_of_one, self.decided)):
             self._settle(optimized=winners.pop())
 
     def _give_up(self, reason: str) -> None:
@@ -200,8 +214,10 @@ class FormChooser:
 
     def _settle(self, optimized: bool) -> None:
         self.settled = self.optimized if optimized else self.plain
+        if not self.broken:
+            log.info("%s: the %s form is used from now on (%d shapes measured)", self.name,
+                     "optimized" if optimized else "plain", len(self.decided))  # fmt: skip
         if optimized:
-            log.info("%s: the optimized form is faster for every shape measured and is used from now on", self.name)
             self.plain = None
             if self.on_settled is not None:
                 self.on_settled(self.settled)

@@ -37,6 +37,7 @@ from modelserve.workers.protocol import (
 )
 from modelserve.workers.template import ForkedProcess, WorkerTemplate
 
+_LEVEL_NAMES = {name: getattr(logging, name) for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
 log = logging.getLogger("modelserve.worker")
 
 if sys.version_info >= (3, 11):
@@ -169,7 +170,13 @@ class WorkerProcess:
                 continue  # an over-long line: skip it rather than stop logging
             if not line:
                 return
-            log.log(level, "[%s] %s", self.log_prefix, line.decode("utf-8", "replace").rstrip())
+            text = line.decode("utf-8", "replace").rstrip()
+            head, _, rest = text.partition(" ")
+            line_level = _LEVEL_NAMES.get(head)  # a line of the worker's own logging keeps its level
+            if line_level is None:
+                log.log(level, "[%s] %s", self.log_prefix, text)
+            else:
+                log.log(line_level, "[%s] %s", self.log_prefix, rest)
 
     async def _send(self, message: Message) -> None:
         assert self._writer is not None

@@ -127,6 +127,8 @@ def test_access_log_has_one_line_per_request_with_its_id(server: ServerProcess) 
         assert len(lines) == 1, lines
         assert re.search(rf"{request_id} outcome 1\.0 POST {status} [0-9.]+ms", lines[0])
     assert re.search(r"\[outcome:1\.0:\d+\] handling 1 request", server.log_text()), "worker output is prefixed"
+    # a line of the worker's own logging keeps its level in the server log instead of becoming a warning
+    assert re.search(r"INFO modelserve\.worker: \[outcome:1\.0:\d+\] outcome: logged through", server.log_text())
 
 
 def test_json_log_format(tmp_path: Path, store: Path) -> None:

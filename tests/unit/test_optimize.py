@@ -192,3 +192,17 @@ def test_the_handler_enables_optimization_unless_configured_off(tmp_path: Path) 
         np.testing.assert_allclose(on.inference(x), on.model.model(torch.from_numpy(x)).detach().numpy(), rtol=1e-4)
     off = handler_for(tmp_path, {"optimize": False})
     assert off.model.forms is None
+
+
+def test_a_large_model_settles_on_its_first_measured_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(optimize, "KEEP_BOTH_BYTES", 0)  # every model counts as large
+    model = SmallConvNet().eval()
+    clock = FakeClock()
+    monkeypatch.setattr(optimize, "clock", clock)
+    chooser = FormChooser(clock.timed(torch.jit.script(model), 3.0), "convnet")
+    assert not chooser.keep_both
+    chooser.optimized = clock.timed(optimize.build_optimized(torch.jit.script(model)), 1.0)
+    run_shapes(chooser, [4], model)
+    assert chooser.settled_on == "optimized" and chooser.plain is None
+    run_shapes(chooser, [2], model)  # a later shape goes straight to the settled form
+    assert len(chooser.decided) == 1
