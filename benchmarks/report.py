@@ -79,7 +79,8 @@ def markdown(result: dict[str, Any], json_name: str) -> str:
         + " | |"
     )
     if result["in_process_limit"]:
-        lines += ["", "In-process limit (no server, same preprocessing, same run): "
+        lines += ["", "In-process limit (no server, same preprocessing, same run; W2 figures are medians of one "
+                  "measurement per round, taken between the servers' turns): "
                   + "; ".join(f"{k}: {v:.0f}/s" for k, v in result["in_process_limit"].items()) + "."]  # fmt: skip
     rows = targets(summary, result["in_process_limit"])
     if rows:
