@@ -429,7 +429,7 @@ def measure_server(
     ready = server.start(assets, list(MODEL_CONFIG))
     try:
         for model in MODEL_CONFIG:  # warm-up, not counted
-            load(server, assets, model, 4, min(2.0, duration))
+            load(server, assets, model, 4, min(4.0, duration))
         pss, rss = server.memory()
         record.setdefault("ready_s", []).append(ready)
         record.setdefault("pss_bytes", []).append(pss)

@@ -13,15 +13,18 @@ small model), and freezing can fail or change a model that mutates its own attri
   best time is at least ``MIN_GAIN`` faster;
 - a small model (weights under ``KEEP_BOTH_BYTES``) keeps both forms until a few shapes, a batch of one among them,
   agree on the winner; when shapes disagree (typically: plain for a batch of one, optimized for larger batches)
-  both stay, each used where it won. A larger model settles on the winner of its first measured shape, for every
-  shape: two copies of its weights would cost more memory than a per-shape choice gains. Settling releases the
-  losing form (the plain module only when the handler said it no longer needs it).
+  both stay, each used where it won. A larger model settles for every shape as soon as the optimized form wins a
+  shape, or once the plain form has won ``LARGE_PLAIN_WINS`` measurements (a single measurement on a busy machine
+  is not enough to give up a form that is usually faster): two copies of its weights would cost more memory than a
+  per-shape choice gains. Settling releases the losing form (the plain module only when the handler said it no
+  longer needs it) and hands the freed memory back to the system.
 
 Turn it off per model with ``optimize: false`` in model-config.yaml.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -38,6 +41,7 @@ RUN = 3  # then, per shape, RUN calls of the plain form and RUN of the optimized
 MIN_GAIN = 0.05  # the optimized form must be this much faster to be used
 SETTLE_AGREEING = 3  # this many shapes with the same winner (a batch of one among them) settle the choice
 KEEP_BOTH_BYTES = 16 << 20  # weights under this size may stay resident in both forms
+LARGE_PLAIN_WINS = 3  # measurements the plain form must win before a large model gives up the optimized one
 MAX_SHAPES = 64  # shapes decided or under trial; beyond this, new shapes use the current majority
 
 
@@ -119,6 +123,8 @@ class FormChooser:
         self.trials: dict[tuple[Any, ...], _Trial] = {}
         self.decided: dict[tuple[Any, ...], bool] = {}  # shape -> the optimized form is faster
         self.keep_both = weight_bytes(plain) < KEEP_BOTH_BYTES
+        self.plain_wins = 0  # measurements won by the plain form (large models re-measure before settling on it)
+        self.verified: set[tuple[Any, ...]] = set()  # shapes whose answers agreed: a new measurement skips warm-up
 
     @property
     def settled_on(self) -> str:
@@ -141,7 +147,7 @@ class FormChooser:
         if trial is None:
             if len(self.trials) + len(self.decided) >= MAX_SHAPES:
                 return (self.optimized if self._majority() else self.plain)(*args)
-            trial = self.trials[key] = _Trial()
+            trial = self.trials[key] = _Trial(calls=WARMUP_CALLS if key in self.verified else 0)
         return self._trial_call(key, trial, args)
 
     def _build(self) -> bool:
@@ -186,8 +192,12 @@ class FormChooser:
                 trial.plain.append(clock() - started)
         if position + 1 >= 2 * RUN:
             faster = min(trial.optimized) < (1 - MIN_GAIN) * min(trial.plain)
-            self.decided[key] = faster
             del self.trials[key]
+            self.verified.add(key)
+            if not faster:
+                self.plain_wins += 1
+            if faster or self.keep_both or self.plain_wins >= LARGE_PLAIN_WINS:
+                self.decided[key] = faster
             log.debug(
                 "%s: shape %s: plain %.3f ms, optimized %.3f ms -> %s", self.name, key,
                 min(trial.plain) * 1000, min(trial.optimized) * 1000,
@@ -202,8 +212,8 @@ class FormChooser:
 
     def _maybe_settle(self) -> None:
         winners = set(self.decided.values())
-        if not self.keep_both:
-            self._settle(optimized=winners.pop() if len(winners) == 1 else self._majority())
+        if not self.keep_both and winners:
+            self._settle(optimized=any(winners))
         elif len(self.decided) >= SETTLE_AGREEING and len(winners) == 1 and any(map(_batch_of_one, self.decided)):
             self._settle(optimized=winners.pop())
 
@@ -224,3 +234,14 @@ class FormChooser:
         else:
             self.optimized = None
         self.trials.clear()
+        release_memory()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand free heap pages back to the system (glibc's malloc_trim; a no-op elsewhere)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)

@@ -206,3 +206,19 @@ def test_a_large_model_settles_on_its_first_measured_shape(monkeypatch: pytest.M
     assert chooser.settled_on == "optimized" and chooser.plain is None
     run_shapes(chooser, [2], model)  # a later shape goes straight to the settled form
     assert len(chooser.decided) == 1
+
+
+def test_a_large_model_measures_again_before_giving_up_the_optimized_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(optimize, "KEEP_BOTH_BYTES", 0)
+    model = SmallConvNet().eval()
+    clock = FakeClock()
+    monkeypatch.setattr(optimize, "clock", clock)
+    chooser = FormChooser(clock.timed(torch.jit.script(model), 1.0), "convnet")
+    chooser.optimized = clock.timed(optimize.build_optimized(torch.jit.script(model)), 3.0)
+    run_shapes(chooser, [4], model)
+    assert chooser.settled is None and chooser.plain_wins == 1 and not chooser.decided
+    with torch.inference_mode():
+        x = torch.randn(4, 1, 8, 8)
+        for _ in range(2 * RUN * (optimize.LARGE_PLAIN_WINS - 1)):  # measured again without warm-up calls
+            chooser(x)
+    assert chooser.settled_on == "plain" and chooser.optimized is None
