@@ -521,7 +521,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: modelserve only, a few seconds")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured point")
-    parser.add_argument("--rounds", type=int, default=2, help="A B A B rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="A B C A B C rounds")
     parser.add_argument("--servers", default="modelserve,torchserve,litserve")
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--output", type=Path, default=None)
