@@ -17,6 +17,35 @@ from modelserve.server.state import STATE, ServerState
 from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferResult, Protocol
 
 access_log = logging.getLogger("modelserve.access")
+ACCESS_FORMAT = "%s %s %s %s %d %.2fms"
+
+
+class _DeferredAccessLog:
+    """Access lines leave the request path: kept as tuples, handed to logging once the response has been written.
+
+    The line's time is the request's end, not the moment logging sees it.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, tuple[object, ...]]] = []
+
+    def add(self, *args: object) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.pending.append((time.time(), args))
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for created, args in pending:
+            record = access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, ACCESS_FORMAT, args, None)
+            record.created = created
+            record.msecs = int((created - int(created)) * 1000) + 0.0
+            access_log.handle(record)
+
+
+ACCESS_LOG = _DeferredAccessLog()
 
 
 PREDICTION_RESPONSES = {200: "Prediction", 400: "Bad input", 404: "Unknown model or version", 413: "Body too large",
@@ -105,8 +134,7 @@ async def serve_inference(request: web.Request, protocol: Protocol) -> web.Strea
         latency = time.perf_counter() - started
         if version is not None:
             version.stats.record_request(status, latency)
-        access_log.info(
-            "%s %s %s %s %d %.2fms",
+        ACCESS_LOG.add(
             request[REQUEST_ID], name, version.version if version else (version_name or "-"),
             request.method, status, latency * 1000,
         )  # fmt: skip
