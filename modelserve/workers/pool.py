@@ -20,7 +20,7 @@ from modelserve.batching.batcher import Batcher, Job
 from modelserve.errors import ModelLoadError, WorkerDiedError, WorkerLoadError, WorkerTimeoutError
 from modelserve.stats import VersionStats
 from modelserve.workers.process import WorkerProcess, describe_exit, worker_environment
-from modelserve.workers.protocol import InferMessage, InitMessage
+from modelserve.workers.protocol import InferMessage, InitMessage, ResultMessage
 from modelserve.workers.template import WorkerTemplate
 
 log = logging.getLogger("modelserve.pool")
@@ -173,12 +173,19 @@ class _Slot:
             pool.idle.set()
         if reply is None:
             return
-        pool.stats.record_batch(len(live), [job.started_at - job.enqueued_at for job in live], reply.timings)
-        if reply.metrics:
-            pool.stats.record_handler_metrics(reply.metrics)
         for job, result in zip(live, reply.results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)
+        # recorded after the waiting requests have been woken: their responses go out first (the callbacks run in
+        # order, so the figures are in place before the server reads anything new, a /metrics scrape included)
+        asyncio.get_running_loop().call_soon(
+            self._record, len(live), [job.started_at - job.enqueued_at for job in live], reply
+        )
+
+    def _record(self, size: int, queue_waits: list[float], reply: ResultMessage) -> None:
+        self.pool.stats.record_batch(size, queue_waits, reply.timings)
+        if reply.metrics:
+            self.pool.stats.record_handler_metrics(reply.metrics)
 
     async def stop(self) -> None:
         self.stopping = True
