@@ -1,17 +1,18 @@
 """The per-version request queue and dynamic batcher.
 
-Each worker's feeder calls ``next_batch``: it waits for a first job, then takes up to ``batch_size`` jobs, waiting at
-most ``max_batch_delay`` after the first job *arrived*. Jobs that queued while every worker was busy have already used
-their delay, so a batch forms at once from what is waiting: batches form while workers are busy. When nothing else of
-the version is in flight (``busy`` says no), there is no load to batch with and waiting would only add latency, so a
-lone request goes at once.
+The pool asks ``take`` for a batch whenever one of its workers can accept one: when a job arrives, when a worker
+answers, when a batch's delay runs out. ``take`` returns up to ``batch_size`` jobs, or nothing yet when the batch should
+wait for company: a partial batch waits at most ``max_batch_delay`` after its first job *arrived*, and only while
+another batch of the version is being computed (``busy``). Jobs that queued while every worker was busy have already
+used their delay, so a batch forms at once from what is waiting; a lone request on an idle version goes at once.
 
-This is the hot path: waiting uses bare futures and one timer handle, never a task per wait.
+This is the hot path: nothing here awaits. The pool is told of new jobs through ``on_job`` and acts in the same call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,9 +36,8 @@ class Job:
         return self.future.done()
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+def _nothing() -> None:
+    return None
 
 
 class Batcher:
@@ -46,8 +46,8 @@ class Batcher:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._jobs: deque[Job] = deque()
-        self._waiters: deque[asyncio.Future[None]] = deque()
         self.closed = False
+        self.on_job: Callable[[], None] = _nothing  # called after a job was queued (or put back)
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -65,78 +65,48 @@ class Batcher:
             if len(self._jobs) >= self.capacity:
                 raise ServiceUnavailableError(f"request queue is full ({self.capacity} waiting); retry later")
         self._jobs.append(job)
-        self._notify()
+        self.on_job()
 
-    def push_front(self, job: Job) -> None:
-        """Put a job back at the head of the queue (its worker went away before running it)."""
-        if not job.abandoned:
-            self._jobs.appendleft(job)
-            self._notify()
-
-    def _notify(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+    def push_front(self, jobs: list[Job]) -> None:
+        """Put jobs back at the head of the queue, in order (their worker went away before running them)."""
+        live = [job for job in jobs if not job.abandoned]
+        if live:
+            self._jobs.extendleft(reversed(live))
+            self.on_job()
 
     def _drop_abandoned(self) -> None:
         live = [job for job in self._jobs if not job.abandoned]
         if len(live) != len(self._jobs):
             self._jobs = deque(live)
 
-    def _pop_live(self) -> Job | None:
-        while self._jobs:
-            job = self._jobs.popleft()
-            if not job.abandoned:
-                return job
+    def _first_live(self) -> Job | None:
+        jobs = self._jobs
+        while jobs:
+            if not jobs[0].abandoned:
+                return jobs[0]
+            jobs.popleft()
         return None
 
-    async def _wait(self, timeout_s: float | None) -> None:
-        """Wait until a job may have arrived (or the timeout passed)."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(waiter)
-        timer = loop.call_later(timeout_s, _wake, waiter) if timeout_s is not None else None
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._notify()  # we were woken but will not take the job: pass the wake-up on
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if not waiter.done():
-                waiter.cancel()
+    def deadline(self, max_batch_delay_s: float) -> float | None:
+        """When the batch at the head of the queue stops waiting for company (None: the queue is empty)."""
+        first = self._first_live()
+        return None if first is None else first.enqueued_at + max_batch_delay_s
 
-    async def next_batch(
-        self, batch_size: int, max_batch_delay_s: float, busy: Callable[[], bool] | None = None
-    ) -> list[Job]:
-        """Wait for at least one live job and return up to ``batch_size`` of them."""
-        first = self._pop_live()
-        while first is None:
-            await self._wait(None)
-            first = self._pop_live()
-        batch = [first]
-        deadline = first.enqueued_at + max_batch_delay_s
-        try:
-            while len(batch) < batch_size:
-                job = self._pop_live()
-                if job is not None:
-                    batch.append(job)
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (busy is not None and not busy()):
-                    break
-                await self._wait(remaining)
-        except asyncio.CancelledError:
-            # the feeder stopped while collecting: nothing taken may be lost
-            for job in reversed(batch):
-                self.push_front(job)
-            raise
-        if self._jobs:
-            self._notify()  # wake another idle feeder for what is left
+    def take(self, batch_size: int, max_batch_delay_s: float, busy: bool, now: float | None = None) -> list[Job]:
+        """Up to ``batch_size`` live jobs, or [] when the queue is empty or the batch should wait for company."""
+        first = self._first_live()
+        if first is None:
+            return []
+        if batch_size > 1 and busy:
+            live = sum(1 for job in itertools.islice(self._jobs, batch_size * 2) if not job.abandoned)
+            if live < batch_size and (time.monotonic() if now is None else now) < first.enqueued_at + max_batch_delay_s:
+                return []
+        batch: list[Job] = []
+        jobs = self._jobs
+        while jobs and len(batch) < batch_size:
+            job = jobs.popleft()
+            if not job.abandoned:
+                batch.append(job)
         return batch
 
     def fail_all(self, error: BaseException) -> None:

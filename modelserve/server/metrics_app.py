@@ -61,6 +61,9 @@ class ServerCollector(Collector):
             "modelserve_batch_size", "Requests per batch sent to a worker", labels=VERSION_LABELS
         )
         depth = GaugeMetricFamily("modelserve_queue_depth", "Requests waiting in the queue", labels=VERSION_LABELS)
+        in_flight = GaugeMetricFamily(
+            "modelserve_requests_in_flight", "Requests handed to workers, not yet answered", labels=VERSION_LABELS
+        )
         for v in versions:
             labels = [v.name, v.version]
             for status, count in sorted(v.stats.requests.items()):
@@ -71,7 +74,8 @@ class ServerCollector(Collector):
                 _histogram(handler, [*labels, step], histogram)
             _histogram(batch, labels, v.stats.batch_size)
             depth.add_metric(labels, len(v.batcher))
-        yield from (requests, latency, queue, handler, batch, depth)
+            in_flight.add_metric(labels, v.pool.in_flight)
+        yield from (requests, latency, queue, handler, batch, depth, in_flight)
 
     def _worker_families(self, versions: list[ModelVersion]) -> Iterator[Metric]:
         live = GaugeMetricFamily("modelserve_workers_live", "Workers alive and ready", labels=VERSION_LABELS)

@@ -1,8 +1,10 @@
 """A supervised pool of worker processes for one model version, fed by the version's batcher.
 
-Each slot runs one worker at a time and a feeder loop: take a batch, send it, deliver the results. A worker that dies
-fails its batch at once (500 naming the exit) and is replaced with Fibonacci back-off; a handler past responseTimeout
-gets 504 and its worker is replaced; when every load attempt keeps failing, the pool reports FAILED.
+Each slot runs one worker at a time. The pool forms batches from the version's queue whenever a worker can take one
+(up to PIPELINE_DEPTH each) and sends them in the same call; the worker's reply reader delivers results. A worker that
+dies fails the batch it was computing at once (500 naming the exit), batches it never received go back to the queue,
+and it is replaced with Fibonacci back-off; a handler past responseTimeout gets 504 and its worker is replaced; when
+every load attempt keeps failing, the pool reports FAILED.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelserve.batching.batcher import Batcher, Job
-from modelserve.errors import ModelLoadError, WorkerDiedError, WorkerLoadError, WorkerTimeoutError
+from modelserve.errors import ModelLoadError, WorkerDiedError, WorkerLoadError
 from modelserve.stats import VersionStats
-from modelserve.workers.process import WorkerProcess, describe_exit, worker_environment
+from modelserve.workers.process import Dispatch, WorkerProcess, describe_exit, worker_environment
 from modelserve.workers.protocol import InferMessage, InitMessage, ResultMessage
 from modelserve.workers.template import WorkerTemplate
 
@@ -46,14 +48,23 @@ class PoolSettings:
 
 
 class _Slot:
-    """One position in the pool: keeps a worker alive and feeds it batches."""
+    """One position in the pool: keeps a worker alive and hands it the batches the pool forms.
+
+    Nothing here runs per batch as a task: the pool's ``kick`` sends a batch from whatever call noticed the chance (a
+    request arriving, a worker answering, a batch delay running out), and the worker's reply reader delivers results
+    through a callback. The slot's own task only starts, watches and replaces its worker.
+    """
 
     def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
         self.index = index
         self.worker: WorkerProcess | None = None
+        self.accepting = False  # the worker is ready and takes batches
+        self.outstanding = 0  # batches given to the worker and not finished
         self.stopping = False
-        self.running: set[asyncio.Task[None]] = set()
+        self._down: asyncio.Future[str | None] | None = None  # resolved when the worker must go (None: stop)
+        self._quiet = asyncio.Event()  # set whenever nothing is outstanding
+        self._quiet.set()
         self.task = asyncio.create_task(self._run(), name=f"slot-{pool.label}-{index}")
 
     async def _run(self) -> None:
@@ -62,14 +73,20 @@ class _Slot:
             worker = await self._start_worker()
             if worker is None:
                 return
-            self.worker = worker
             started = time.monotonic()
             try:
-                await self._feed(worker)
-            except WorkerDiedError as exc:
-                log.warning("worker %s died: %s", worker.worker_id, exc)
+                reason = await self._serve(worker)
+                if reason is not None:
+                    log.warning("worker %s died: %s", worker.worker_id, reason)
+                # the batches it held fail with the reason its reply reader sees (the exit status, usually)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._quiet.wait(), 2.0)
             finally:
-                await worker.kill()
+                self.accepting = False
+                if self.stopping:
+                    await worker.stop()
+                else:
+                    await worker.kill()
             if self.stopping:
                 return
             self.pool.stats.worker_restarts += 1
@@ -102,84 +119,97 @@ class _Slot:
             return worker
         return None
 
-    async def _feed(self, worker: WorkerProcess) -> None:
-        """Keep up to PIPELINE_DEPTH batches at the worker: it finds the next one waiting when it finishes one."""
-        pool = self.pool
+    async def _serve(self, worker: WorkerProcess) -> str | None:
+        """Take batches until the worker must go; return why (None: the slot is stopping)."""
+        down: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._down = down
         exit_watch = asyncio.ensure_future(worker.wait_exit())
-        collecting: asyncio.Future[list[Job]] | None = None
-        try:
-            while not self.stopping:
-                if collecting is None and len(self.running) < PIPELINE_DEPTH:
-                    collecting = asyncio.ensure_future(
-                        pool.batcher.next_batch(pool.settings.batch_size, pool.settings.max_batch_delay_s, pool.busy)
-                    )
-                waitables: set[asyncio.Future[Any]] = {exit_watch, *self.running}
-                if collecting is not None:
-                    waitables.add(collecting)
-                await asyncio.wait(waitables, return_when=asyncio.FIRST_COMPLETED)
-                for task in [t for t in self.running if t.done()]:
-                    self.running.discard(task)
-                    task.result()  # a dead worker raises WorkerDiedError here
-                if exit_watch.done():
-                    raise WorkerDiedError(f"worker exited ({describe_exit(exit_watch.result())})")
-                if collecting is not None and collecting.done():
-                    jobs, collecting = collecting.result(), None
-                    self.running.add(asyncio.create_task(self._run_batch(worker, jobs)))
-        finally:
-            exit_watch.cancel()
-            if collecting is not None:
-                if collecting.done() and not collecting.cancelled():
-                    pool.requeue(collecting.result())
-                else:
-                    collecting.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await collecting
-            if self.running:
-                # batches already at the worker finish (or fail with it) before the worker goes
-                await asyncio.gather(*self.running, return_exceptions=True)
-                self.running.clear()
 
-    async def _run_batch(self, worker: WorkerProcess, jobs: list[Job]) -> None:
+        def exited(watch: asyncio.Future[int]) -> None:
+            if not watch.cancelled():
+                self._mark_down(f"worker exited ({describe_exit(watch.result())})")
+
+        exit_watch.add_done_callback(exited)
+        self.accepting = not self.stopping
+        self.pool.kick()  # jobs that queued while this worker was starting
+        try:
+            return await down
+        finally:
+            self.accepting = False
+            self._down = None
+            exit_watch.remove_done_callback(exited)
+            exit_watch.cancel()
+
+    def _mark_down(self, reason: str | None) -> None:
+        self.accepting = False
+        if self._down is not None and not self._down.done():
+            self._down.set_result(reason)
+
+    def send(self, jobs: list[Job]) -> None:
+        """Give one batch to this slot's worker (the pool checked that it accepts)."""
         pool = self.pool
-        live = [job for job in jobs if not job.abandoned]
-        if not live:
-            return
+        worker = self.worker
+        assert worker is not None
         now = time.monotonic()
-        for job in live:
+        for job in jobs:
             job.started_at = now
-        message = InferMessage(batch_id=next(_batch_ids), requests=[job.request for job in live])
+        live = jobs
+        counted = len(live)
+        pool.in_flight += counted
+        self.outstanding += 1
+        self._quiet.clear()
 
         def prune(sent: InferMessage) -> InferMessage | None:
             # clients that left while this batch waited for the worker are dropped before it is sent
+            nonlocal live
             kept = [job for job in live if not job.abandoned]
             if len(kept) == len(live):
                 return sent
-            live[:] = kept
+            live = kept
             return InferMessage(batch_id=sent.batch_id, requests=[job.request for job in kept]) if kept else None
 
-        counted = len(live)
-        pool.in_flight += counted
-        try:
-            reply = await worker.infer(message, pool.settings.response_timeout_s, prune)
-        except (WorkerDiedError, WorkerTimeoutError) as exc:
-            if isinstance(exc, WorkerDiedError):
-                exc = WorkerDiedError(f"worker {worker.worker_id} died while handling the request ({exc})")
-            for job in live:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            raise WorkerDiedError(str(exc)) from exc
-        finally:
+        def done(dispatch: Dispatch, reply: ResultMessage | None, error: BaseException | None) -> None:
             pool.in_flight -= counted
-            pool.idle.set()
-        if reply is None:
+            self.outstanding -= 1
+            try:
+                self._deliver(worker, live, dispatch.sent, reply, error)
+            finally:
+                if self.outstanding == 0:
+                    self._quiet.set()
+                pool.idle.set()
+                pool.kick()
+
+        message = InferMessage(batch_id=next(_batch_ids), requests=[job.request for job in live])
+        worker.submit(Dispatch(message, pool.settings.response_timeout_s, prune, done))
+
+    def _deliver(
+        self,
+        worker: WorkerProcess,
+        jobs: list[Job],
+        sent: bool,
+        reply: ResultMessage | None,
+        error: BaseException | None,
+    ) -> None:
+        if error is not None:
+            self._mark_down(str(error))
+            if not sent and isinstance(error, WorkerDiedError):
+                self.pool.batcher.push_front(jobs)  # never reached the worker: another one runs them
+                return
+            if isinstance(error, WorkerDiedError):
+                error = WorkerDiedError(f"worker {worker.worker_id} died while handling the request ({error})")
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(error)
             return
-        for job, result in zip(live, reply.results, strict=True):
+        if reply is None:
+            return  # every client of the batch had gone
+        for job, result in zip(jobs, reply.results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)
         # recorded after the waiting requests have been woken: their responses go out first (the callbacks run in
         # order, so the figures are in place before the server reads anything new, a /metrics scrape included)
         asyncio.get_running_loop().call_soon(
-            self._record, len(live), [job.started_at - job.enqueued_at for job in live], reply
+            self._record, len(jobs), [job.started_at - job.enqueued_at for job in jobs], reply
         )
 
     def _record(self, size: int, queue_waits: list[float], reply: ResultMessage) -> None:
@@ -188,13 +218,16 @@ class _Slot:
             self.pool.stats.record_handler_metrics(reply.metrics)
 
     async def stop(self) -> None:
+        """Take no more batches, let the ones at the worker finish, then stop the worker."""
         self.stopping = True
-        if not self.running:
-            self.task.cancel()
+        self.accepting = False
+        if self._down is not None:
+            await self._quiet.wait()
+            self._mark_down(None)
+        else:
+            self.task.cancel()  # starting a worker or backing off
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
-        if self.worker is not None:
-            await self.worker.stop()
 
 
 class WorkerPool:
@@ -226,10 +259,59 @@ class WorkerPool:
         self.idle = asyncio.Event()
         self._changed = asyncio.Event()
         self.signature: dict[str, Any] = {}
+        self._kicking = False
+        self._kick_again = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        batcher.on_job = self.kick
 
-    def busy(self) -> bool:
-        """Whether another batch of this version is being computed (then waiting for companions pays off)."""
-        return self.in_flight > 0
+    def kick(self) -> None:
+        """Form and send batches while a worker can take one; called whenever that may have changed."""
+        if self._kicking:
+            self._kick_again = True  # a callback of a send asked again: the running loop picks it up
+            return
+        self._kicking = True
+        try:
+            self._kick_again = True
+            while self._kick_again:
+                self._kick_again = False
+                self._dispatch()
+        finally:
+            self._kicking = False
+
+    def _dispatch(self) -> None:
+        batcher = self.batcher
+        settings = self.settings
+        while len(batcher):
+            slot: _Slot | None = None
+            for candidate in self.slots:  # the least loaded worker that can take a batch
+                if candidate.accepting and candidate.outstanding < PIPELINE_DEPTH:
+                    if slot is None or candidate.outstanding < slot.outstanding:
+                        slot = candidate
+                    if candidate.outstanding == 0:
+                        break
+            if slot is None:
+                return
+            jobs = batcher.take(settings.batch_size, settings.max_batch_delay_s, self.in_flight > 0)
+            if not jobs:
+                deadline = batcher.deadline(settings.max_batch_delay_s)
+                if deadline is not None:
+                    self._wake_at(deadline)
+                return
+            slot.send(jobs)
+
+    def _wake_at(self, deadline: float) -> None:
+        """Kick again when the waiting batch's delay runs out (one timer for the pool, the earliest wins)."""
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.kick()
 
     def make_env(self) -> dict[str, str]:
         return worker_environment(self.thread_count())
@@ -259,11 +341,6 @@ class WorkerPool:
     def load_succeeded(self) -> None:
         self.consecutive_load_failures = 0
         self._changed.set()
-
-    def requeue(self, jobs: list[Job]) -> None:
-        for job in reversed(jobs):
-            if not job.abandoned:
-                self.batcher.push_front(job)
 
     async def scale(self, count: int) -> None:
         """Grow or shrink to ``count`` workers; workers that go finish their batch first."""
@@ -309,4 +386,7 @@ class WorkerPool:
 
     async def stop(self) -> None:
         slots, self.slots = self.slots, []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         await asyncio.gather(*(slot.stop() for slot in slots), return_exceptions=True)

@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,22 +40,6 @@ from modelserve.workers.template import ForkedProcess, WorkerTemplate
 _LEVEL_NAMES = {name: getattr(logging, name) for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
 log = logging.getLogger("modelserve.worker")
 
-if sys.version_info >= (3, 11):
-    asyncio_timeout = asyncio.timeout
-else:  # pragma: no cover - Python 3.10
-
-    @contextlib.asynccontextmanager
-    async def asyncio_timeout(delay: float) -> AsyncIterator[None]:
-        task = asyncio.current_task()
-        assert task is not None
-        handle = asyncio.get_running_loop().call_later(delay, task.cancel)
-        try:
-            yield
-        except asyncio.CancelledError:
-            raise TimeoutError from None
-        finally:
-            handle.cancel()
-
 
 class WorkerState(enum.Enum):
     STARTING = "STARTING"
@@ -76,11 +60,21 @@ def describe_exit(returncode: int | None) -> str:
 
 
 @dataclass(eq=False)
-class _Batch:
+class Dispatch:
+    """One batch on its way through a worker.
+
+    ``prune`` runs just before the batch is sent and may drop requests whose clients went away (None: nothing left,
+    the batch is not sent). ``on_done`` is called exactly once: with the reply, with (None, None) when pruned to
+    nothing, or with the error; ``sent`` then says whether the worker ever received it.
+    """
+
     message: InferMessage
+    timeout_s: float
     prune: Callable[[InferMessage], InferMessage | None] | None
-    started: asyncio.Future[bool]  # True once sent, False when pruned to nothing
-    done: asyncio.Future[ResultMessage]
+    on_done: Callable[[Dispatch, ResultMessage | None, BaseException | None], None]
+    sent: bool = False
+    finished: bool = False
+    timer: asyncio.TimerHandle | None = None
 
 
 class WorkerProcess:
@@ -96,9 +90,10 @@ class WorkerProcess:
         self._writer: asyncio.StreamWriter | None = None
         self._log_tasks: list[asyncio.Task[None]] = []
         self.signature: dict[str, Any] = {}
-        self._pending: deque[_Batch] = deque()  # sent to the worker, not yet answered (at most one)
-        self._armed: deque[_Batch] = deque()  # formed, waiting for the worker to finish the current batch
+        self._pending: deque[Dispatch] = deque()  # sent to the worker, not yet answered (at most one)
+        self._armed: deque[Dispatch] = deque()  # formed, waiting for the worker to finish the current batch
         self._reply_task: asyncio.Task[None] | None = None
+        self._kill_task: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -206,80 +201,79 @@ class WorkerProcess:
         self._reply_task = asyncio.create_task(self._read_replies(), name=f"replies-{self.worker_id}")
 
     async def _read_replies(self) -> None:
-        """Match replies to the batches sent, in order, and send the next armed batch the moment one finishes."""
+        """Match replies to the batches sent, in order; send the next armed batch the moment one is answered."""
         try:
             while True:
                 reply = await self._receive()
                 if not self._pending:
                     await self.kill()
                     raise WorkerDiedError(f"worker sent an unexpected {type(reply).__name__}")
-                batch = self._pending.popleft()
-                if not isinstance(reply, ResultMessage) or reply.batch_id != batch.message.batch_id:
+                dispatch = self._pending[0]
+                if (
+                    not isinstance(reply, ResultMessage)
+                    or reply.batch_id != dispatch.message.batch_id
+                    or len(reply.results) != len(dispatch.message.requests)
+                ):
                     await self.kill()
                     raise WorkerDiedError(f"worker answered out of protocol ({type(reply).__name__})")
-                if not batch.done.done():
-                    batch.done.set_result(reply)
-                self._dispatch_next()
+                self._pending.popleft()
+                self._dispatch_next()  # the worker gets its next batch before this one's results are delivered
+                self._finish(dispatch, reply, None)
         except WorkerDiedError as exc:
             self._fail_all(exc)
         except asyncio.CancelledError:
             self._fail_all(WorkerDiedError("worker connection closed"))
             raise
 
+    def submit(self, dispatch: Dispatch) -> None:
+        """Queue a batch: sent at once when the worker is idle, else armed until it answers the current one.
+
+        One batch computes at a time; ``responseTimeout`` counts from when a batch is sent.
+        """
+        self._armed.append(dispatch)
+        self.state = WorkerState.BUSY
+        self._dispatch_next()
+
     def _dispatch_next(self) -> None:
         """Send armed batches until one is at the worker (batches whose clients all left are skipped)."""
         while not self._pending and self._armed:
-            batch = self._armed.popleft()
-            message = batch.prune(batch.message) if batch.prune is not None else batch.message
+            dispatch = self._armed.popleft()
+            message = dispatch.prune(dispatch.message) if dispatch.prune is not None else dispatch.message
             if message is None:
-                batch.started.set_result(False)
+                self._finish(dispatch, None, None)
                 continue
-            batch.message = message
+            dispatch.message = message
             if self._writer is None or self._writer.is_closing():
-                batch.started.set_exception(WorkerDiedError("worker connection closed"))
-                batch.started.exception()
+                self._finish(dispatch, None, WorkerDiedError("worker connection closed"))
                 continue
             self._writer.writelines(encode(message))
-            self._pending.append(batch)
-            batch.started.set_result(True)
+            dispatch.sent = True
+            dispatch.timer = asyncio.get_running_loop().call_later(dispatch.timeout_s, self._timed_out, dispatch)
+            self._pending.append(dispatch)
+
+    def _finish(self, dispatch: Dispatch, reply: ResultMessage | None, error: BaseException | None) -> None:
+        if dispatch.finished:
+            return
+        dispatch.finished = True
+        if dispatch.timer is not None:
+            dispatch.timer.cancel()
+        if not self._pending and not self._armed and self.state is WorkerState.BUSY:
+            self.state = WorkerState.READY
+        dispatch.on_done(dispatch, reply, error)
+
+    def _timed_out(self, dispatch: Dispatch) -> None:
+        """The handler is past responseTimeout: its batch fails with 504 and the worker is killed."""
+        timeout = WorkerTimeoutError(f"handler did not answer within responseTimeout ({dispatch.timeout_s:g} s)")
+        self._finish(dispatch, None, timeout)
+        if self._kill_task is None:
+            self._kill_task = asyncio.create_task(self.kill())
 
     def _fail_all(self, error: WorkerDiedError) -> None:
-        while self._pending or self._armed:
-            batch = self._pending.popleft() if self._pending else self._armed.popleft()
-            for future in (batch.started, batch.done):
-                if not future.done():
-                    future.set_exception(error)
-                    future.exception()  # retrieved here: infer() may be past waiting on this one
-
-    async def infer(
-        self,
-        message: InferMessage,
-        timeout_s: float,
-        prune: Callable[[InferMessage], InferMessage | None] | None = None,
-    ) -> ResultMessage | None:
-        """Run one batch; raise WorkerDiedError or WorkerTimeoutError.
-
-        One batch computes at a time; the next one waits here, armed, and is sent by the reply reader the moment the
-        worker answers, after ``prune`` drops requests whose clients went away (None: nothing left to send, and
-        this returns None). ``responseTimeout`` counts from when a batch is sent.
-        """
-        loop = asyncio.get_running_loop()
-        batch = _Batch(message, prune, loop.create_future(), loop.create_future())
-        self._armed.append(batch)
-        self._dispatch_next()
-        self.state = WorkerState.BUSY
-        try:
-            if not await batch.started:
-                return None
-            try:
-                async with asyncio_timeout(timeout_s):
-                    return await asyncio.shield(batch.done)
-            except TimeoutError:
-                await self.kill()
-                raise WorkerTimeoutError(f"handler did not answer within responseTimeout ({timeout_s:g} s)") from None
-        finally:
-            if not self._pending and not self._armed and self.state is WorkerState.BUSY:
-                self.state = WorkerState.READY
+        batches = [*self._pending, *self._armed]
+        self._pending.clear()
+        self._armed.clear()
+        for dispatch in batches:
+            self._finish(dispatch, None, error)
 
     async def wait_exit(self) -> int:
         assert self.process is not None

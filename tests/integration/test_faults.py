@@ -80,6 +80,31 @@ def test_sigkill_mid_request_fails_promptly_then_recovers(server: ServerProcess)
     assert server.predict("sleepy", b"0").status == 200
 
 
+def test_batch_queued_at_a_dying_worker_is_served_by_its_replacement(server: ServerProcess) -> None:
+    pid = worker_pid(server, "sleepy")
+    results: dict[str, Response] = {}
+
+    def send(name: str, body: bytes) -> None:
+        results[name] = server.predict("sleepy", body)
+
+    computing = threading.Thread(target=send, args=("computing", b"3"))
+    computing.start()
+    wait_for(lambda: describe(server, "sleepy")["workers"][0]["status"] == "BUSY", 10, "busy")  # type: ignore[index]
+    waiting = threading.Thread(target=send, args=("waiting", b"0"))
+    waiting.start()
+    at_worker = 'modelserve_requests_in_flight{model_name="sleepy",model_version="1.0"} 2.0'
+    wait_for(
+        lambda: at_worker in call("GET", server.metrics + "/metrics").text, 10, "both requests handed to the worker"
+    )
+    os.kill(pid, signal.SIGKILL)
+    computing.join(30)
+    waiting.join(30)
+    assert results["computing"].status == 500 and "SIGKILL" in results["computing"].json()["message"]
+    # the second batch was waiting for the worker, never sent to it: it goes back to the queue, not to the client
+    assert results["waiting"].status == 200, results["waiting"].text
+    assert results["waiting"].json()["pid"] not in (pid, None)
+
+
 def test_repeated_crashes_never_hang(server: ServerProcess) -> None:
     for _ in range(3):
         wait_ready(server, "crashy")

@@ -1,9 +1,8 @@
-"""The batcher: batch size, delay bound, busy-worker batching, abandoned jobs, back-pressure."""
+"""The batcher: batch size, delay bound, busy-worker batching, abandoned jobs, back-pressure, putting jobs back."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -12,8 +11,12 @@ from modelserve.errors import ServiceUnavailableError
 from modelserve.workers.protocol import InferRequest, InferResult
 
 
-def job(name: str) -> Job:
-    return Job(InferRequest(name, "", {}), asyncio.get_running_loop().create_future())
+def job(name: str, enqueued_at: float = 100.0) -> Job:
+    return Job(InferRequest(name, "", {}), asyncio.get_running_loop().create_future(), enqueued_at=enqueued_at)
+
+
+def names(jobs: list[Job]) -> list[str]:
+    return [j.request.request_id for j in jobs]
 
 
 def test_batch_takes_what_is_queued_up_to_batch_size() -> None:
@@ -21,66 +24,90 @@ def test_batch_takes_what_is_queued_up_to_batch_size() -> None:
         batcher = Batcher(10)
         for index in range(5):
             batcher.submit(job(str(index)))
-        first = await batcher.next_batch(3, 1.0)
-        second = await batcher.next_batch(3, 0.0)
-        return [[j.request.request_id for j in first], [j.request.request_id for j in second]]
+        return [names(batcher.take(3, 1.0, busy=False)), names(batcher.take(3, 1.0, busy=False))]
 
     assert asyncio.run(scenario()) == [["0", "1", "2"], ["3", "4"]]
 
 
-def test_partial_batch_leaves_after_max_batch_delay() -> None:
-    async def scenario() -> tuple[int, float]:
+def test_partial_batch_waits_for_company_only_while_busy_and_only_until_its_delay() -> None:
+    async def scenario() -> tuple[list[str], float | None, list[str], list[str]]:
         batcher = Batcher(10)
-        batcher.submit(job("a"))
-        started = time.monotonic()
-        batch = await batcher.next_batch(8, 0.2)
-        return len(batch), time.monotonic() - started
+        batcher.submit(job("a", enqueued_at=100.0))
+        waiting = names(batcher.take(8, 0.2, busy=True, now=100.1))
+        deadline = batcher.deadline(0.2)
+        after_delay = names(batcher.take(8, 0.2, busy=True, now=100.2))
+        batcher.submit(job("b", enqueued_at=100.3))
+        idle = names(batcher.take(8, 5.0, busy=False, now=100.3))
+        return waiting, deadline, after_delay, idle
 
-    size, elapsed = asyncio.run(scenario())
-    assert size == 1 and 0.15 <= elapsed < 2.0
+    waiting, deadline, after_delay, idle = asyncio.run(scenario())
+    assert waiting == [], "busy and not full: the batch waits"
+    assert deadline == pytest.approx(100.2), "until max_batch_delay after its first job arrived"
+    assert after_delay == ["a"]
+    assert idle == ["b"], "nothing in flight: a lone request goes at once"
 
 
-def test_jobs_that_waited_while_workers_were_busy_go_at_once() -> None:
-    async def scenario() -> float:
+def test_full_batch_and_jobs_that_waited_while_busy_go_at_once() -> None:
+    async def scenario() -> tuple[list[str], list[str]]:
         batcher = Batcher(10)
+        for index in range(4):
+            batcher.submit(job(str(index), enqueued_at=100.0))
+        full = names(batcher.take(4, 10.0, busy=True, now=100.0))
         for index in range(3):
-            batcher.submit(job(str(index)))
-        await asyncio.sleep(0.3)  # the delay already passed while "workers were busy"
-        started = time.monotonic()
-        await batcher.next_batch(8, 0.25)
-        return time.monotonic() - started
+            batcher.submit(job(f"late{index}", enqueued_at=100.0))
+        waited = names(batcher.take(8, 0.25, busy=True, now=100.3))  # the delay passed while the workers were busy
+        return full, waited
 
-    assert asyncio.run(scenario()) < 0.1
+    full, waited = asyncio.run(scenario())
+    assert full == ["0", "1", "2", "3"]
+    assert waited == ["late0", "late1", "late2"]
 
 
 def test_abandoned_jobs_are_skipped_and_full_queue_refuses() -> None:
-    async def scenario() -> list[str]:
+    async def scenario() -> tuple[list[str], float | None]:
         batcher = Batcher(2)
-        gone = job("gone")
+        gone = job("gone", enqueued_at=1.0)
         batcher.submit(gone)
-        batcher.submit(job("kept"))
+        batcher.submit(job("kept", enqueued_at=2.0))
         with pytest.raises(ServiceUnavailableError, match="queue is full"):
             batcher.submit(job("refused"))
         gone.future.cancel()
+        deadline = batcher.deadline(0.5)  # an abandoned head does not hold the batch's deadline
         batcher.submit(job("fits now"))
-        batch = await batcher.next_batch(5, 0.0)
-        return [j.request.request_id for j in batch]
+        return names(batcher.take(5, 0.0, busy=False)), deadline
 
-    assert asyncio.run(scenario()) == ["kept", "fits now"]
+    taken, deadline = asyncio.run(scenario())
+    assert taken == ["kept", "fits now"]
+    assert deadline == pytest.approx(2.5)
 
 
-def test_cancelled_collection_puts_jobs_back() -> None:
+def test_abandoned_jobs_do_not_count_towards_a_full_batch() -> None:
     async def scenario() -> list[str]:
         batcher = Batcher(10)
-        batcher.submit(job("first"))
-        waiting = asyncio.create_task(batcher.next_batch(4, 5.0))
-        await asyncio.sleep(0.05)
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        return [j.request.request_id for j in await batcher.next_batch(4, 0.0)]
+        jobs = [job(str(index)) for index in range(4)]
+        for item in jobs:
+            batcher.submit(item)
+        jobs[1].future.cancel()
+        return names(batcher.take(4, 10.0, busy=True, now=100.0))
 
-    assert asyncio.run(scenario()) == ["first"]
+    assert asyncio.run(scenario()) == [], "three live jobs are not a batch of four"
+
+
+def test_jobs_put_back_go_first_in_their_order_and_wake_the_pool() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        calls = []
+        batcher = Batcher(10)
+        batcher.on_job = lambda: calls.append(1)
+        for index in range(4):
+            batcher.submit(job(str(index)))
+        taken = batcher.take(2, 0.0, busy=False)
+        taken[0].future.cancel()  # its client left meanwhile: not put back
+        batcher.push_front(taken)
+        return names(batcher.take(8, 0.0, busy=False)), len(calls)
+
+    order, calls = asyncio.run(scenario())
+    assert order == ["1", "2", "3"]
+    assert calls == 5, "every submit and the put-back tell the pool"
 
 
 def test_fail_all_fails_waiting_jobs() -> None:
