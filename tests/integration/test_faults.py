@@ -154,6 +154,26 @@ def test_hang_past_response_timeout_gives_504_then_recovers(server: ServerProces
     assert server.predict("sleepy", b"0").status == 200
 
 
+def test_batch_waiting_behind_a_hung_handler_is_served_after_the_504(server: ServerProcess) -> None:
+    wait_ready(server, "sleepy")
+    pid = worker_pid(server, "sleepy")
+    results: dict[str, Response] = {}
+
+    def send(name: str, body: bytes) -> None:
+        results[name] = server.predict("sleepy", body)
+
+    hung = threading.Thread(target=send, args=("hung", b"30"))
+    hung.start()
+    wait_for(lambda: describe(server, "sleepy")["workers"][0]["status"] == "BUSY", 10, "busy")  # type: ignore[index]
+    behind = threading.Thread(target=send, args=("behind", b"0"))
+    behind.start()
+    hung.join(30)
+    behind.join(30)
+    assert results["hung"].status == 504
+    assert results["behind"].status == 200, results["behind"].text
+    assert results["behind"].json()["pid"] != pid, "answered by the replacement worker"
+
+
 def test_failing_initialize_ends_failed_while_others_serve(server: ServerProcess) -> None:
     wait_for(lambda: describe(server, "broken")["status"] == "FAILED", 60, "broken is FAILED")
     described = describe(server, "broken")

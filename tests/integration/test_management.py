@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,23 @@ def test_scale_sync_and_async(server: ServerProcess) -> None:
     assert server.manage("PUT", "/models/echo/9.9?min_worker=1").status == 404
     assert server.manage("PUT", "/models/nope?min_worker=1").status == 404
     assert server.predict("echo", b"still here").body == b"still here"
+
+
+def test_scale_down_under_load_loses_no_request(server: ServerProcess) -> None:
+    if server.manage("GET", "/models/sleepy").status == 404:
+        assert register(server, "url=sleepy.mar&synchronous=true").status == 200
+    assert server.manage("PUT", "/models/sleepy?min_worker=2&max_worker=2&synchronous=true").status == 200
+    with ThreadPoolExecutor(6) as pool:
+        pending = [pool.submit(server.predict, "sleepy", b"0.5") for _ in range(6)]
+
+        def all_busy() -> bool:
+            return all(w["status"] == "BUSY" for w in server.manage("GET", "/models/sleepy").json()[0]["workers"])
+
+        wait_for(all_busy, 10, "both workers busy")
+        assert server.manage("PUT", "/models/sleepy?min_worker=1&max_worker=1&synchronous=true").status == 200
+        results = [future.result() for future in pending]
+    assert [r.status for r in results] == [200] * 6, [r.text for r in results]
+    assert len(server.manage("GET", "/models/sleepy").json()[0]["workers"]) == 1
 
 
 def test_list_models_sorted_with_pagination(server: ServerProcess) -> None:
