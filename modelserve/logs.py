@@ -30,41 +30,59 @@ class JsonFormatter(logging.Formatter):
 
 
 class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that, on the event loop's thread, flushes once per ``FLUSH_INTERVAL_S`` instead of per line.
+    """A stream handler that, on the event loop's thread, writes once per ``FLUSH_INTERVAL_S`` instead of per line.
 
-    Under load the server logs one access line per request; a flush per line is a write system call per request
-    on the event loop. Here lines are buffered and flushed by a timer a moment later (so ``tail -f`` still sees
-    them at once to the eye); WARNING and above, and records from other threads, are flushed immediately.
+    Under load the server logs one access line per request; a write per line is a system call per request on the
+    event loop (every line is one when stdout is unbuffered, as ``PYTHONUNBUFFERED=1`` makes it). Here lines are kept
+    by the handler and written together by a timer a moment later (so ``tail -f`` still sees them at once to the
+    eye); WARNING and above, and records from other threads, are written with everything before them at once.
     """
 
     FLUSH_INTERVAL_S = 0.1
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
-        self._flush_pending = False
+        self._lines: list[str] = []
+        self._timer_loop: asyncio.AbstractEventLoop | None = None  # the loop whose timer will write the lines
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + self.terminator)
+            self._lines.append(self.format(record) + self.terminator)
             if record.levelno >= logging.WARNING:
                 self.flush()
                 return
-            if not self._flush_pending:
-                try:
-                    loop = asyncio.get_running_loop()
-                except RuntimeError:
-                    self.flush()
-                    return
-                self._flush_pending = True
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            if self._timer_loop is not loop:  # none armed yet, or armed on a loop that has since gone
+                self._timer_loop = loop
                 loop.call_later(self.FLUSH_INTERVAL_S, self._timed_flush)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
+    def flush(self) -> None:
+        """Write the kept lines in one go, then flush the stream (also what logging.shutdown calls)."""
+        self.acquire()
+        try:
+            lines, self._lines = self._lines, []
+            if self.stream is not None and hasattr(self.stream, "write"):
+                if lines:
+                    self.stream.write("".join(lines))
+                if hasattr(self.stream, "flush"):
+                    self.stream.flush()
+        finally:
+            self.release()
+
     def _timed_flush(self) -> None:
-        self._flush_pending = False
-        self.flush()
+        self._timer_loop = None
+        try:
+            self.flush()
+        except Exception:  # a closed or broken stream must not take the event loop down
+            self._lines.clear()
 
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

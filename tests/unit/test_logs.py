@@ -14,6 +14,11 @@ class CountingStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
         self.flushes = 0
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
 
     def flush(self) -> None:
         self.flushes += 1
@@ -42,6 +47,7 @@ def test_lines_on_the_loop_are_flushed_once_by_the_timer() -> None:
 
     assert asyncio.run(burst()) == 0
     assert stream.flushes == 1
+    assert stream.writes == 1, "one write for the whole burst, whatever the stream's own buffering"
     assert stream.getvalue().splitlines() == [f"line {i}" for i in range(100)]
 
 
@@ -56,3 +62,28 @@ def test_warnings_and_lines_off_the_loop_are_flushed_at_once() -> None:
         return stream.flushes
 
     assert asyncio.run(warn()) == 2
+    assert stream.getvalue().splitlines() == ["no loop here", "trouble"]
+
+
+def test_a_warning_writes_the_lines_before_it_first_and_shutdown_writes_the_rest() -> None:
+    stream = CountingStream()
+    logger = make_logger(stream)
+
+    async def mixed() -> list[str]:
+        logger.info("first")
+        logger.warning("second")
+        logger.info("third")
+        return stream.getvalue().splitlines()
+
+    assert asyncio.run(mixed()) == ["first", "second"]
+    logger.handlers[0].flush()  # what logging.shutdown does at exit, before the timer had its turn
+    assert stream.getvalue().splitlines() == ["first", "second", "third"]
+
+    async def later() -> None:  # a new loop arms its own timer
+        logger.info("fourth")
+        deadline = time.monotonic() + 5
+        while "fourth" not in stream.getvalue() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(later())
+    assert stream.getvalue().splitlines()[-1] == "fourth"
