@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 PREFIX = struct.Struct("!IBI")  # frame length, message type, header length
 LENGTH = struct.Struct("!I")
+_HEADER_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder for every frame, not one per call
 MAX_FRAME_BYTES = (1 << 32) - 1
 # content type of a result that carries an error message rather than a handler's output
 ERROR_CONTENT_TYPE = "application/x-modelserve-error"
@@ -160,10 +161,10 @@ class ShutdownMessage(Message):
 def encode(message: Message) -> list[bytes]:
     """The frame as a list of buffers, to be written with one ``writelines``/``sendmsg`` (no join copy)."""
     blobs = message.blobs()
-    header = dict(message.header())
-    header["blob_sizes"] = [len(b) for b in blobs]
-    raw_header = json.dumps(header, separators=(",", ":")).encode()
-    total = PREFIX.size - LENGTH.size + len(raw_header) + sum(len(b) for b in blobs)
+    header = message.header()
+    sizes = header["blob_sizes"] = [len(b) for b in blobs]
+    raw_header = _HEADER_JSON.encode(header).encode()
+    total = PREFIX.size - LENGTH.size + len(raw_header) + sum(sizes)
     if total > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {total} bytes exceeds the protocol limit")
     return [PREFIX.pack(total, message.TYPE, len(raw_header)), raw_header, *blobs]
