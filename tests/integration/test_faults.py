@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -252,3 +253,67 @@ def test_client_gone_mid_inference_does_not_break_its_batch(tmp_path: Path, stor
             results = [f.result() for f in futures]
         assert [r.status for r in results] == [200, 200, 200]
         assert server.predict("batchy", b"y").status == 200
+
+
+def test_workers_killed_under_concurrent_load_lose_no_request_and_mix_no_answers(tmp_path: Path, store: Path) -> None:
+    config = "minWorkers: 2\nmaxWorkers: 2\nbatchSize: 4\nmaxBatchDelay: 10\nhandler:\n  pause_s: 0.1\n"
+    make_archive(store, "busy", "batch_handler.py", config_yaml=config)
+    with running_server(tmp_path, store, ["busy.mar"], extra_args=["--ncs"]) as server:
+        outcomes: list[tuple[str, Response | BaseException]] = []
+        lock = threading.Lock()
+        stop_killing = threading.Event()
+
+        def client(index: int) -> None:
+            for round_ in range(20):
+                request_id = f"client{index}-{round_}"
+                try:
+                    result: Response | BaseException = server.predict("busy", b"x", {"x-request-id": request_id})
+                except OSError as exc:
+                    result = exc
+                with lock:
+                    outcomes.append((request_id, result))
+
+        def killer() -> None:
+            for _ in range(5):
+                if stop_killing.wait(0.5):
+                    return
+                listed = describe(server, "busy")["workers"]
+                assert isinstance(listed, list)
+                workers = [w for w in listed if w["status"] != "STOPPED"]
+                if workers:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(workers[0]["pid"]), signal.SIGKILL)
+
+        chaos = threading.Thread(target=killer)
+        chaos.start()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(client, range(16)))
+        stop_killing.set()
+        chaos.join(30)
+
+        assert len(outcomes) == 16 * 20, "every request came back"
+        failures = [(rid, r) for rid, r in outcomes if not isinstance(r, Response)]
+        assert not failures, f"requests without an HTTP answer: {failures[:3]}"
+        statuses = {r.status for _, r in outcomes if isinstance(r, Response)}
+        assert statuses <= {200, 500}, statuses
+        for request_id, response in outcomes:
+            assert isinstance(response, Response)
+            if response.status == 200:
+                assert response.json()["request_id"] == request_id, "each client got its own answer"
+            else:
+                assert "died" in response.json()["message"]
+        assert any(r.status == 200 for _, r in outcomes if isinstance(r, Response))
+
+        def settled() -> bool:
+            text = call("GET", server.metrics + "/metrics").text
+            return all(
+                f'{name}{{model_name="busy",model_version="1.0"}} {value}' in text
+                for name, value in (("modelserve_requests_in_flight", "0.0"), ("modelserve_queue_depth", "0.0"),
+                                    ("modelserve_workers_live", "2.0"))
+            )  # fmt: skip
+
+        wait_for(settled, 30, "nothing left in flight or queued, two workers live again")
+        assert server.predict("busy", b"after").status == 200
+        restarts = 'modelserve_worker_restarts_total{model_name="busy",model_version="1.0"} '
+        counted = call("GET", server.metrics + "/metrics").text.split(restarts)[1].split()[0]
+        assert float(counted) >= 2, "the killer hit workers while the load ran"
