@@ -21,6 +21,7 @@ from modelserve.errors import (
     ModelNotFoundError,
     VersionNotFoundError,
 )
+from modelserve.models.dependencies import install_requirements
 from modelserve.models.store import ModelSource
 from modelserve.models.version import ModelVersion, needs_torch
 from modelserve.workers.template import WorkerTemplate
@@ -118,11 +119,16 @@ class ModelRegistry:
             extracted = await asyncio.to_thread(extract_archive, source.path, self.work_dir, self.limits)
         except ArchiveError as exc:
             raise InvalidRequestError(f"cannot load {source.url}: {exc}") from None
-        template = await self.template() if needs_torch(extracted) else None
         try:
             config = self._model_config(extracted, options)
             name = options.model_name or extracted.manifest.model_name
             version_name = extracted.manifest.model_version
+            if version_name in self.models.get(name, {}):  # checked again under the lock
+                raise ModelAlreadyExistsError(f"model {name} version {version_name} is already registered")
+            deps = await install_requirements(
+                extracted, self.server.install_py_dep_per_model, f"model {name} version {version_name}"
+            )
+            template = await self.template() if needs_torch(extracted) else None
             async with self._lock:
                 if version_name in self.models.get(name, {}):
                     raise ModelAlreadyExistsError(f"model {name} version {version_name} is already registered")
@@ -131,10 +137,11 @@ class ModelRegistry:
                     loaded_at_startup=options.loaded_at_startup,
                     max_load_failures=self.server.max_model_load_failures,
                     thread_count=self.thread_count, handler=options.handler, template=template,
+                    python_path=[str(deps)] if deps is not None else [],
                 )  # fmt: skip
                 self.models.setdefault(name, {})[version_name] = version
                 self.defaults.setdefault(name, version_name)
-        except (ConfigError, ModelAlreadyExistsError, OSError) as exc:
+        except (ConfigError, ModelAlreadyExistsError, ModelLoadError, OSError, asyncio.CancelledError) as exc:
             extracted.cleanup()
             if isinstance(exc, ConfigError):
                 raise InvalidRequestError(str(exc)) from None

@@ -50,11 +50,13 @@ class ModelVersion:
         thread_count: Callable[[ModelConfig], int],
         handler: str | None = None,
         template: WorkerTemplate | None = None,
+        python_path: list[str] | None = None,
     ) -> None:
         self.name = name
         self.version = version
         self.url = url
         self.extracted = extracted
+        self.python_path = python_path or []
         self.config = config
         self.loaded_at_startup = loaded_at_startup
         self.handler = handler or extracted.manifest.handler
@@ -91,6 +93,7 @@ class ModelVersion:
             batch_size=self.config.batch_size,
             intra_op_threads=self.pool.thread_count(),
             worker_id=worker_id,
+            python_path=self.python_path,
         )
 
     @property

@@ -134,6 +134,9 @@ class Worker:
 
         model_dir = Path(self.init.model_dir)
         os.chdir(model_dir)
+        for entry in reversed(self.init.python_path):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)  # the model's own dependencies win over the server's environment
         self.handle, self.instance = load_handler(model_dir, self.init.handler, builtin_handlers_dir())
         if self.instance is not None:
             self.instance.initialize(self.context)

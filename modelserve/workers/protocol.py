@@ -59,6 +59,7 @@ class InitMessage(Message):
     batch_size: int
     intra_op_threads: int
     worker_id: str
+    python_path: list[str] = field(default_factory=list)  # directories put first on sys.path (per-model deps)
 
 
 @dataclass
