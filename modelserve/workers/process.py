@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from modelserve.errors import WorkerDiedError, WorkerLoadError, WorkerTimeoutError
 from modelserve.workers.protocol import (
@@ -77,6 +77,41 @@ class Dispatch:
     timer: asyncio.TimerHandle | None = None
 
 
+class _FrameReader(asyncio.Protocol):
+    """Splits the worker's byte stream into frames and hands each over in the reading callback itself.
+
+    No task waits for replies: a reply is matched and its results delivered in the same event-loop step that read
+    it (a StreamReader would wake a reader task one step later).
+    """
+
+    def __init__(self, on_frame: Callable[[bytes], None], on_closed: Callable[[], None]) -> None:
+        self._buffer = bytearray()
+        self._on_frame = on_frame
+        self._on_closed = on_closed
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports implement it without subclassing
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(buffer, start)
+            end = start + LENGTH.size + length
+            if len(buffer) < end:
+                break
+            frame = bytes(buffer[start + LENGTH.size : end])
+            start = end
+            self._on_frame(frame)
+        if start:
+            del buffer[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_closed()
+
+
 class WorkerProcess:
     """The parent's handle on one worker process."""
 
@@ -86,13 +121,14 @@ class WorkerProcess:
         self.state = WorkerState.STARTING
         self.start_time = time.time()
         self.process: asyncio.subprocess.Process | ForkedProcess | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._transport: asyncio.Transport | None = None
+        self._first: asyncio.Future[Message] | None = None  # the worker's first frame (ready or load failed)
+        self._closing = False
+        self._closed_task: asyncio.Task[None] | None = None
         self._log_tasks: list[asyncio.Task[None]] = []
         self.signature: dict[str, Any] = {}
         self._pending: deque[Dispatch] = deque()  # sent to the worker, not yet answered (at most one)
         self._armed: deque[Dispatch] = deque()  # formed, waiting for the worker to finish the current batch
-        self._reply_task: asyncio.Task[None] | None = None
         self._kill_task: asyncio.Task[None] | None = None
 
     @property
@@ -136,10 +172,15 @@ class WorkerProcess:
             asyncio.create_task(self._pump(self.process.stdout, logging.INFO)),
             asyncio.create_task(self._pump(self.process.stderr, logging.WARNING)),
         ]
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent_sock)
-        await self._send(init)
+        loop = asyncio.get_running_loop()
+        self._first = loop.create_future()
+        transport, _ = await loop.create_unix_connection(
+            lambda: _FrameReader(self._on_frame, self._on_closed), sock=parent_sock
+        )
+        self._transport = transport
+        self._send(init)
         try:
-            reply = await asyncio.wait_for(self._receive(), startup_timeout_s)
+            reply = await asyncio.wait_for(asyncio.shield(self._first), startup_timeout_s)
         except TimeoutError:
             await self.kill()
             raise WorkerLoadError(f"worker did not finish loading within {startup_timeout_s:g} s") from None
@@ -153,7 +194,6 @@ class WorkerProcess:
             raise WorkerLoadError(f"unexpected first reply {type(reply).__name__}")
         self.signature = reply.signature
         self.state = WorkerState.READY
-        self._start_reading()
 
     async def _pump(self, stream: asyncio.StreamReader | None, level: int) -> None:
         if stream is None:
@@ -173,57 +213,59 @@ class WorkerProcess:
             else:
                 log.log(line_level, "[%s] %s", self.log_prefix, rest)
 
-    async def _send(self, message: Message) -> None:
-        assert self._writer is not None
-        self._writer.writelines(encode(message))
-        await self._writer.drain()
+    def _send(self, message: Message) -> None:
+        if self._transport is None or self._transport.is_closing():
+            raise WorkerDiedError("worker connection closed")
+        self._transport.writelines(encode(message))
 
-    async def _receive(self) -> Message:
-        assert self._reader is not None
+    def _on_frame(self, frame: bytes) -> None:
+        """One whole frame from the worker: its first message, or the reply to the oldest batch sent."""
         try:
-            (length,) = LENGTH.unpack(await self._reader.readexactly(LENGTH.size))
-            frame = await self._reader.readexactly(length)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise WorkerDiedError(await self._death_reason()) from exc
-        try:
-            return decode(frame[0], memoryview(frame)[1:])
+            message = decode(frame[0], memoryview(frame)[1:])
         except ProtocolError as exc:
-            await self.kill()
-            raise WorkerDiedError(f"worker sent a broken frame ({exc})") from exc
+            self._broken(f"worker sent a broken frame ({exc})")
+            return
+        if self._first is not None and not self._first.done():
+            self._first.set_result(message)
+            return
+        if not self._pending:
+            self._broken(f"worker sent an unexpected {type(message).__name__}")
+            return
+        dispatch = self._pending[0]
+        if (
+            not isinstance(message, ResultMessage)
+            or message.batch_id != dispatch.message.batch_id
+            or len(message.results) != len(dispatch.message.requests)
+        ):
+            self._broken(f"worker answered out of protocol ({type(message).__name__})")
+            return
+        self._pending.popleft()
+        self._dispatch_next()  # the worker gets its next batch before this one's results are delivered
+        self._finish(dispatch, message, None)
+
+    def _broken(self, reason: str) -> None:
+        """The worker broke the protocol: fail what it holds and kill it."""
+        self._fail_all(WorkerDiedError(reason))
+        if self._kill_task is None:
+            self._kill_task = asyncio.create_task(self.kill())
+
+    def _on_closed(self) -> None:
+        """The worker's end of the socket closed: fail what it held with the reason it exited."""
+        if self._closing:
+            return
+        self._closed_task = asyncio.create_task(self._report_exit())
+
+    async def _report_exit(self) -> None:
+        error = WorkerDiedError(await self._death_reason())
+        if self._first is not None and not self._first.done():
+            self._first.set_exception(error)
+        self._fail_all(error)
 
     async def _death_reason(self) -> str:
         assert self.process is not None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.process.wait(), 2.0)
         return describe_exit(self.process.returncode)
-
-    def _start_reading(self) -> None:
-        self._reply_task = asyncio.create_task(self._read_replies(), name=f"replies-{self.worker_id}")
-
-    async def _read_replies(self) -> None:
-        """Match replies to the batches sent, in order; send the next armed batch the moment one is answered."""
-        try:
-            while True:
-                reply = await self._receive()
-                if not self._pending:
-                    await self.kill()
-                    raise WorkerDiedError(f"worker sent an unexpected {type(reply).__name__}")
-                dispatch = self._pending[0]
-                if (
-                    not isinstance(reply, ResultMessage)
-                    or reply.batch_id != dispatch.message.batch_id
-                    or len(reply.results) != len(dispatch.message.requests)
-                ):
-                    await self.kill()
-                    raise WorkerDiedError(f"worker answered out of protocol ({type(reply).__name__})")
-                self._pending.popleft()
-                self._dispatch_next()  # the worker gets its next batch before this one's results are delivered
-                self._finish(dispatch, reply, None)
-        except WorkerDiedError as exc:
-            self._fail_all(exc)
-        except asyncio.CancelledError:
-            self._fail_all(WorkerDiedError("worker connection closed"))
-            raise
 
     def submit(self, dispatch: Dispatch) -> None:
         """Queue a batch: sent at once when the worker is idle, else armed until it answers the current one.
@@ -243,10 +285,10 @@ class WorkerProcess:
                 self._finish(dispatch, None, None)
                 continue
             dispatch.message = message
-            if self._writer is None or self._writer.is_closing():
+            if self._transport is None or self._transport.is_closing():
                 self._finish(dispatch, None, WorkerDiedError("worker connection closed"))
                 continue
-            self._writer.writelines(encode(message))
+            self._transport.writelines(encode(message))
             dispatch.sent = True
             dispatch.timer = asyncio.get_running_loop().call_later(dispatch.timeout_s, self._timed_out, dispatch)
             self._pending.append(dispatch)
@@ -281,9 +323,9 @@ class WorkerProcess:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Ask the worker to exit; kill it if it does not within ``grace_s``."""
-        if self.alive and self._writer is not None and not self._writer.is_closing():
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self._send(ShutdownMessage())
+        if self.alive:
+            with contextlib.suppress(WorkerDiedError, ConnectionError, RuntimeError):
+                self._send(ShutdownMessage())
         if self.process is not None:
             try:
                 await asyncio.wait_for(self.process.wait(), grace_s)
@@ -300,16 +342,19 @@ class WorkerProcess:
 
     async def _close(self) -> None:
         self.state = WorkerState.STOPPED
-        reply_task, self._reply_task = self._reply_task, None
-        if reply_task is not None and reply_task is not asyncio.current_task():
-            reply_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reply_task
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await self._writer.wait_closed()
-            self._writer = None
+        if self._closing:
+            return
+        self._closing = True
+        closed = WorkerDiedError("worker connection closed")
+        if self._first is not None and not self._first.done():
+            self._first.set_exception(closed)
+            self._first.exception()
+        self._fail_all(closed)
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        if self._closed_task is not None and self._closed_task is not asyncio.current_task():
+            self._closed_task.cancel()
         if self._log_tasks:
             # let the pumps drain what the worker printed last, then stop them
             with contextlib.suppress(TimeoutError):
