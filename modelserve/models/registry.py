@@ -52,6 +52,9 @@ class ModelRegistry:
         self.limits = ArchiveLimits(max_total_bytes=server.max_archive_size)
         self._template: WorkerTemplate | None = None
         self._template_lock = asyncio.Lock()
+        # start-up registrations run concurrently: until each is in the registry, the thread policy counts it with
+        # the default worker count, so the first workers to start do not take every core for themselves
+        self.startup_pending = 0
 
     async def template(self) -> WorkerTemplate | None:
         """The torch worker template, started on first need; None when it cannot run (workers are spawned then)."""
@@ -85,7 +88,8 @@ class ModelRegistry:
         return [v for versions in self.models.values() for v in versions.values()]
 
     def total_workers(self) -> int:
-        return sum(v.min_workers for v in self.all_versions())
+        registered = sum(v.min_workers for v in self.all_versions())
+        return registered + self.startup_pending * max(1, self.server.default_workers_per_model)
 
     def thread_count(self, config: ModelConfig) -> int:
         """Intra-op threads per worker: explicit settings win; otherwise cores shared by all workers."""
@@ -113,6 +117,14 @@ class ModelRegistry:
 
     async def register(self, source: ModelSource, options: RegisterOptions) -> ModelVersion:
         """Extract, configure and start a new version; raise typed errors. Synchronous: wait for its workers."""
+        pending = [options.loaded_at_startup and self.startup_pending > 0]  # still counted as a pending start-up load
+        try:
+            return await self._register(source, options, pending)
+        finally:
+            if pending[0]:
+                self.startup_pending = max(0, self.startup_pending - 1)
+
+    async def _register(self, source: ModelSource, options: RegisterOptions, pending: list[bool]) -> ModelVersion:
         if options.runtime is not None and options.runtime not in ("python", "python3"):
             raise InvalidRequestError(f"unsupported runtime {options.runtime!r} (supported: python)")
         try:
@@ -141,6 +153,9 @@ class ModelRegistry:
                 )  # fmt: skip
                 self.models.setdefault(name, {})[version_name] = version
                 self.defaults.setdefault(name, version_name)
+                if pending[0]:  # from now on its workers count as registered ones
+                    self.startup_pending = max(0, self.startup_pending - 1)
+                    pending[0] = False
         except (ConfigError, ModelAlreadyExistsError, ModelLoadError, OSError, asyncio.CancelledError) as exc:
             extracted.cleanup()
             if isinstance(exc, ConfigError):

@@ -153,7 +153,11 @@ class Server:
             finally:
                 self.state.pending_loads.discard(label)
 
-        await asyncio.gather(*(load(*job) for job in jobs))
+        registry.startup_pending = len(jobs)
+        try:
+            await asyncio.gather(*(load(*job) for job in jobs))
+        finally:
+            registry.startup_pending = 0
         for name, version in defaults.items():
             with contextlib.suppress(ModelServeError):
                 registry.set_default(name, version)
