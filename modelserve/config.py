@@ -1,8 +1,9 @@
 """Server configuration and per-model configuration.
 
-Precedence, lowest to highest: built-in defaults, ``config.properties`` (``--ts-config``), environment variables
-``MODELSERVE_<KEY>`` (e.g. ``MODELSERVE_JOB_QUEUE_SIZE=50``), command-line flags. Per model: server defaults, then the
-archive's ``model-config.yaml``, then parameters given at registration.
+Precedence, lowest to highest: built-in defaults, ``config.properties`` (``--ts-config``, else ``$TS_CONFIG_FILE``,
+else ``config.properties`` in the current directory), environment variables ``MODELSERVE_<KEY>`` (e.g.
+``MODELSERVE_JOB_QUEUE_SIZE=50``), command-line flags. Per model: server defaults, then the ``models`` key (for versions
+loaded at start-up), then the archive's ``model-config.yaml``, then parameters given at registration.
 """
 
 from __future__ import annotations
@@ -19,19 +20,41 @@ from urllib.parse import urlsplit
 import yaml
 
 from modelserve.errors import ConfigError
+from modelserve.model_settings import ModelTable, parse_models, parse_snapshot, snapshot_entries
 from modelserve.properties import parse_properties
 
 log = logging.getLogger("modelserve.config")
 
 ENV_PREFIX = "MODELSERVE_"
+CONFIG_FILE_NAME = "config.properties"
+CONFIG_FILE_ENV = "TS_CONFIG_FILE"
 
 # TorchServe keys that modelserve accepts and does not need; they are reported, not treated as unknown
 IGNORED_TORCHSERVE_KEYS = frozenset({
     "number_of_netty_threads", "netty_client_threads", "vmargs", "number_of_gpu", "async_logging",
-    "default_service_handler", "enable_envvars_config", "metrics_mode", "metrics_format", "workflow_store",
+    "default_service_handler", "enable_envvars_config", "metrics_format", "workflow_store",
     "use_native_io", "io_ratio", "prefer_direct_buffer", "metrics_config", "enable_metrics_api_plugin",
     "plugins_path", "disable_system_metrics", "model_server_home", "keep_alive_timeout", "ts_log_level",
 })  # fmt: skip
+
+_NO_GRPC = (
+    "modelserve has no gRPC server yet, so nothing listens there: clients use the HTTP inference API "
+    "(/predictions, or the Open Inference Protocol under /v2)"
+)
+# TorchServe keys for features modelserve does not have (yet): each one given is warned about with the reason
+UNSUPPORTED_TORCHSERVE_KEYS: dict[str, str] = {
+    key: _NO_GRPC
+    for key in (
+        "grpc_inference_address", "grpc_management_address", "grpc_inference_port", "grpc_management_port",
+        "grpc_inference_max_connection_age_ms", "grpc_management_max_connection_age_ms",
+        "grpc_inference_max_connection_age_grace_ms", "grpc_management_max_connection_age_grace_ms",
+    )
+}  # fmt: skip
+# keys that only ask for the missing feature when they are true (``enable_grpc=false`` asks for nothing)
+_UNSUPPORTED_WHEN_TRUE = {"enable_grpc": _NO_GRPC, "enable_grpc_ssl": _NO_GRPC}
+
+# ServerConfig fields that no key of their own sets (filled from another key's value)
+DERIVED_SETTINGS = frozenset({"snapshot_to_restore"})
 
 
 def _bool(value: str) -> bool:
@@ -79,7 +102,18 @@ def _choice(value: str, choices: tuple[str, ...]) -> str:
 
 
 def setting_names() -> set[str]:
-    return set(_PARSERS)
+    """Every ServerConfig field: the configuration keys, plus the fields another key fills."""
+    return set(_PARSERS) | DERIVED_SETTINGS
+
+
+def _model_specs(value: str) -> list[str]:
+    # TorchServe compares "all" without regard to case
+    return ["all" if item.lower() == "all" else item for item in _list(value)]
+
+
+def _metrics_mode(value: str) -> str:
+    # TorchServe ignores blanks and case here
+    return _choice("".join(value.split()).lower(), ("log", "prometheus"))
 
 
 def _optional_str(value: str) -> str | None:
@@ -132,6 +166,10 @@ class ServerConfig:
     cors_allowed_headers: str | None = None
     install_py_dep_per_model: bool = False
     model_snapshot: bool = True
+    # a TorchServe model_snapshot JSON given in the configuration, as modelserve's own snapshot data
+    snapshot_to_restore: dict[str, Any] | None = None
+    models: ModelTable = field(default_factory=dict)
+    metrics_mode: str = "prometheus"
     log_location: str = "logs"
     key_file: str = "key_file.json"
     intra_op_threads: int = 0
@@ -148,14 +186,15 @@ class ServerConfig:
     def apply(self, values: Mapping[str, str], source: str) -> None:
         """Set fields from string values; unknown keys are warned about, invalid values raise ConfigError."""
         for key, raw in values.items():
-            parser = _PARSERS.get(key)
-            if parser is None:
-                if key in IGNORED_TORCHSERVE_KEYS:
-                    log.warning("%s: TorchServe key %r is not used by modelserve; ignored", source, key)
-                else:
-                    log.warning("%s: unknown configuration key %r ignored", source, key)
-                continue
             try:
+                if key == "model_snapshot" and raw.lstrip().startswith("{"):
+                    # TorchServe's form: the snapshot itself, as JSON; modelserve's own snapshots stay as they are
+                    self.snapshot_to_restore = snapshot_entries(parse_snapshot(raw))
+                    continue
+                parser = _PARSERS.get(key)
+                if parser is None:
+                    _warn_unused(key, raw, source)
+                    continue
                 setattr(self, key, parser(raw))
             except ValueError as exc:
                 raise ConfigError(f"{source}: invalid value for {key}: {exc}") from None
@@ -172,6 +211,34 @@ class ServerConfig:
             )
         if self.max_request_size < 1 or self.max_response_size < 1:
             raise ConfigError("max_request_size and max_response_size must be positive")
+        if self.metrics_mode == "log":
+            log.warning(
+                "metrics_mode=log: modelserve does not write metrics to log files; it always serves them in "
+                "Prometheus text format at GET /metrics on metrics_address (%s)",
+                self.metrics_address if self.enable_metrics_api else "disabled here by enable_metrics_api=false",
+            )
+
+    def model_defaults(self, name: str, version: str) -> ModelConfig:
+        """A start-up version's settings before its model-config.yaml: the server defaults, then the ``models`` key."""
+        config = ModelConfig.defaults(self)
+        settings = self.models.get(name, {}).get(version)
+        if settings is None or not settings.values:
+            return config
+        updated = config.updated(settings.values, f"models in the configuration (model {name} version {version})")
+        # these are not the archive's model-config.yaml, which is what the handler sees
+        return dataclasses.replace(updated, raw={})
+
+
+def _warn_unused(key: str, raw: str, source: str) -> None:
+    if key in UNSUPPORTED_TORCHSERVE_KEYS:
+        log.warning("%s: %s is set, but %s", source, key, UNSUPPORTED_TORCHSERVE_KEYS[key])
+    elif key in _UNSUPPORTED_WHEN_TRUE:
+        if _bool(raw):
+            log.warning("%s: %s=true, but %s", source, key, _UNSUPPORTED_WHEN_TRUE[key])
+    elif key in IGNORED_TORCHSERVE_KEYS:
+        log.warning("%s: TorchServe key %r is not used by modelserve; ignored", source, key)
+    else:
+        log.warning("%s: unknown configuration key %r ignored", source, key)
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
@@ -179,7 +246,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "management_address": _address,
     "metrics_address": _address,
     "model_store": _optional_str,
-    "load_models": _list,
+    "load_models": _model_specs,
     "default_workers_per_model": _int_at_least(0),
     "job_queue_size": _int_at_least(1),
     "max_request_size": _int_at_least(1),
@@ -197,6 +264,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "cors_allowed_headers": _optional_str,
     "install_py_dep_per_model": _bool,
     "model_snapshot": _bool,
+    "models": parse_models,
+    "metrics_mode": _metrics_mode,
     "log_location": lambda v: v.strip() or "logs",
     "key_file": lambda v: v.strip() or "key_file.json",
     "intra_op_threads": _int_at_least(0),
@@ -221,6 +290,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def find_config_file(explicit: Path | None, environ: Mapping[str, str], cwd: Path) -> Path | None:
+    """Which config.properties to read: ``--ts-config``, else ``$TS_CONFIG_FILE``, else one in ``cwd``, else none."""
+    if explicit is not None:
+        return explicit
+    from_env = environ.get(CONFIG_FILE_ENV, "").strip()
+    if from_env:
+        return Path(from_env)
+    local = cwd / CONFIG_FILE_NAME
+    return local if local.is_file() else None
 
 
 def load_server_config(

@@ -105,6 +105,9 @@ class ModelRegistry:
     # ---- registration -------------------------------------------------------------------------------------------
     def _model_config(self, extracted: ExtractedArchive, options: RegisterOptions) -> ModelConfig:
         config = ModelConfig.defaults(self.server)
+        if options.loaded_at_startup:  # then the models key of config.properties, below the archive's own file
+            name = options.model_name or extracted.manifest.model_name
+            config = self.server.model_defaults(name, extracted.manifest.model_version)
         config_file = extracted.manifest.config_file
         if config_file:
             source = f"{config_file} in the archive"
