@@ -1,8 +1,10 @@
 """The handler contract, TorchServe-compatible on purpose: ``BaseHandler``, ``Context`` and handler metrics.
 
-A handler module defines one ``BaseHandler`` subclass, or a function ``handle(data, context)`` named in the manifest
-as ``file.py:function``. ``initialize(context)`` runs once per worker; ``handle(data, context)`` runs per batch and
-returns one result per request: ``bytes`` are sent raw, ``str`` as text, anything else as JSON.
+A handler module is chosen as TorchServe chooses (``load_handler``): ``file.py:function`` names a function; else a
+module-level ``handle(data, context)``; else the module's one handler class (a class with ``handle``; a
+``BaseHandler`` subclass or TorchServe's documented custom-service form with no base class). ``initialize(context)``
+runs once per worker; ``handle(data, context)`` runs per batch and returns one result per request: ``bytes`` are sent
+raw, ``str`` as text, anything else as JSON.
 
 This module imports neither torch nor numpy: handlers import what they need, lazily.
 """
@@ -19,6 +21,22 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from modelserve.handler_metrics import HandlerMetrics, MetricSample
+
+__all__ = [
+    "BadInputError",
+    "BaseHandler",
+    "Context",
+    "HandlerError",
+    "HandlerMetrics",
+    "MetricSample",
+    "PredictionError",
+    "RequestInfo",
+    "RequestProcessor",
+    "ResponseInfo",
+    "load_handler",
+]
+
 
 class HandlerError(Exception):
     """Raised by the server when a handler module cannot be loaded or breaks the contract."""
@@ -28,49 +46,16 @@ class BadInputError(ValueError):
     """Raise from a handler when a request's input is malformed: the client gets 400 with this message."""
 
 
-@dataclass
-class MetricSample:
-    """One handler metric update, carried back to the parent in the reply frame."""
+class PredictionError(Exception):
+    """Raise from a handler to answer the whole batch with ``error_code`` (4xx or 5xx) and ``message``.
 
-    kind: str  # "counter" | "gauge" | "histogram"
-    name: str
-    value: float
-    labels: dict[str, str]
-    description: str = ""
-
-
-class HandlerMetrics:
-    """``context.metrics``: counters, gauges and histograms a handler adds; they appear on ``/metrics``.
-
-    Names get the ``modelserve_handler_`` prefix and the ``model_name``/``model_version`` labels in the parent.
+    TorchServe's ``ts.utils.util.PredictionException`` is this class under its own name.
     """
 
-    def __init__(self) -> None:
-        self._samples: list[MetricSample] = []
-
-    def add_counter(
-        self, name: str, value: float = 1.0, labels: dict[str, str] | None = None, description: str = ""
-    ) -> None:
-        if value < 0:
-            raise ValueError("a counter can only increase")
-        self._record("counter", name, value, labels, description)
-
-    def set_gauge(self, name: str, value: float, labels: dict[str, str] | None = None, description: str = "") -> None:
-        self._record("gauge", name, value, labels, description)
-
-    def observe(self, name: str, value: float, labels: dict[str, str] | None = None, description: str = "") -> None:
-        """Add one observation to histogram ``name``."""
-        self._record("histogram", name, value, labels, description)
-
-    def _record(self, kind: str, name: str, value: float, labels: dict[str, str] | None, description: str) -> None:
-        if not name.replace("_", "a").isalnum() or not name[0].isalpha():
-            raise ValueError(f"invalid metric name {name!r}: use letters, digits and '_'")
-        clean = {str(k): str(v) for k, v in (labels or {}).items()}
-        self._samples.append(MetricSample(kind, name, float(value), clean, description))
-
-    def drain(self) -> list[MetricSample]:
-        samples, self._samples = self._samples, []
-        return samples
+    def __init__(self, message: str, error_code: int = 500) -> None:
+        self.message = message
+        self.error_code = error_code
+        super().__init__(message)
 
 
 @dataclass
@@ -90,10 +75,58 @@ class ResponseInfo:
     reason: str = ""
     content_type: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # TorchServe's send_intermediate_predict_response: parts sent before the final result, in order
+    parts: list[Any] = field(default_factory=list)
+
+
+class RequestProcessor:
+    """One request's headers and response settings, with TorchServe's ``RequestProcessor`` method names."""
+
+    def __init__(self, request: RequestInfo, response: ResponseInfo) -> None:
+        self.request = request
+        self.response = response
+
+    def get_request_property(self, key: str) -> str | None:
+        return self.request.headers.get(key.lower())
+
+    def get_request_properties(self) -> dict[str, str]:
+        return self.request.headers
+
+    def report_status(self, code: int, reason_phrase: str | None = None) -> None:
+        if not 100 <= code <= 599:
+            raise ValueError(f"invalid HTTP status {code}")
+        self.response.status = code
+        self.response.reason = reason_phrase or ""
+
+    def get_response_status_code(self) -> int:
+        return self.response.status
+
+    def get_response_status_phrase(self) -> str | None:
+        return self.response.reason or None
+
+    def add_response_property(self, key: str, value: str) -> None:
+        if key.lower() == "content-type":
+            self.response.content_type = value
+        else:
+            self.response.headers[key] = value
+
+    def get_response_headers(self) -> dict[str, str]:
+        headers = dict(self.response.headers)
+        if self.response.content_type is not None:
+            headers["content-type"] = self.response.content_type
+        return headers
+
+    def get_response_header(self, key: str) -> str | None:
+        return self.get_response_headers().get(key)
 
 
 class Context:
-    """Per-worker information plus per-batch request headers and response settings."""
+    """Per-worker information plus per-batch request headers and response settings.
+
+    It offers TorchServe's ``Context`` API as well (``system_properties``, ``manifest``, ``request_ids``,
+    ``request_processor``, the request-header and response accessors, ``metrics``, the sequence helpers), so
+    handlers written against TorchServe run unchanged.
+    """
 
     def __init__(
         self,
@@ -105,6 +138,7 @@ class Context:
         model_yaml_config: dict[str, Any],
         intra_op_threads: int,
         gpu_id: int | None = None,
+        server_version: str = "",
     ) -> None:
         self.model_name = model_name
         self.model_version = model_version
@@ -116,20 +150,40 @@ class Context:
             "gpu_id": gpu_id,
             "intra_op_threads": intra_op_threads,
             "server_name": "modelserve",
+            "server_version": server_version,
+            "limit_max_image_pixels": True,
         }
-        self.metrics = HandlerMetrics()
+        self.metrics = HandlerMetrics(model_name)
         # seconds spent in preprocess / inference / postprocess during the last batch (set by BaseHandler.handle)
         self.timings: dict[str, float] = {}
         self.requests: list[RequestInfo] = []
         self.responses: list[ResponseInfo] = []
+        self.request_ids: dict[int, str] = {}
+        # TorchServe's streaming stop test per request (callable on the result: True to stop); kept for its handlers
+        self.stopping_criteria: list[Callable[[Any], bool | None]] | None = None
+        self.header_key_sequence_id = "ts_request_sequence_id"
+        self.header_key_sequence_start = "ts_request_sequence_start"
+        self.header_key_sequence_end = "ts_request_sequence_end"
 
     def begin_batch(self, requests: list[RequestInfo]) -> None:
         self.requests = requests
         self.responses = [ResponseInfo() for _ in requests]
+        self.request_ids = {i: r.request_id for i, r in enumerate(requests)}
+        self.metrics.set_request_ids(self.request_ids)
+
+    @property
+    def request_processor(self) -> list[RequestProcessor]:
+        return [RequestProcessor(q, r) for q, r in zip(self.requests, self.responses, strict=True)]
+
+    @request_processor.setter
+    def request_processor(self, processors: list[RequestProcessor]) -> None:
+        # TorchServe's tests build a context by hand and set this list
+        self.requests = [p.request for p in processors]
+        self.responses = [p.response for p in processors]
 
     # TorchServe-compatible accessors
-    def get_request_id(self, idx: int = 0) -> str:
-        return self.requests[idx].request_id
+    def get_request_id(self, idx: int = 0) -> str | None:
+        return self.request_ids.get(idx)
 
     def get_request_header(self, idx: int, key: str) -> str | None:
         return self.requests[idx].headers.get(key.lower())
@@ -149,8 +203,32 @@ class Context:
         self.responses[idx].status = code
         self.responses[idx].reason = phrase
 
+    def set_all_response_status(self, code: int = 200, phrase: str = "") -> None:
+        for idx in range(len(self.responses)):
+            self.set_response_status(code, phrase, idx)
+
+    def get_response_status(self, idx: int) -> tuple[int, str]:
+        return self.responses[idx].status, self.responses[idx].reason
+
     def set_response_header(self, idx: int, key: str, value: str) -> None:
-        self.responses[idx].headers[key] = value
+        if key.lower() == "content-type":
+            self.responses[idx].content_type = value
+        else:
+            self.responses[idx].headers[key] = value
+
+    def get_response_headers(self, idx: int) -> dict[str, str]:
+        return RequestProcessor(self.requests[idx], self.responses[idx]).get_response_headers()
+
+    def get_sequence_id(self, idx: int) -> str | None:
+        return self.get_request_header(idx, self.header_key_sequence_id)
+
+    def send_intermediate(self, idx: int, output: Any) -> None:
+        """Queue a part of request ``idx``'s answer that goes out before the final result.
+
+        Parts and the final result are sent as one body, in order (what a client reading a chunked TorchServe reply
+        to the end receives); they are not yet delivered one by one.
+        """
+        self.responses[idx].parts.append(output)
 
 
 class BaseHandler:
@@ -288,10 +366,25 @@ def _import_file(path: Path, module_name: str) -> ModuleType:
     return module
 
 
-def load_handler(model_dir: Path, handler: str, builtin_dir: Path | None) -> tuple[HandleFunction, BaseHandler | None]:
+def _handler_classes(module: ModuleType) -> list[type[Any]]:
+    """Classes defined in ``module`` that can serve: they have ``handle`` (TorchServe needs no base class)."""
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj) and obj.__module__ == module.__name__ and callable(getattr(obj, "handle", None))
+    ]
+    if len(classes) > 1:
+        # the most derived class wins, as a file may define a base and its specialisation
+        classes = [c for c in classes if not any(o is not c and issubclass(o, c) for o in classes)]
+    return classes
+
+
+def load_handler(model_dir: Path, handler: str, builtin_dir: Path | None) -> tuple[HandleFunction, Any]:
     """Import the handler named by the manifest and return its ``handle`` entry (and the instance, if a class).
 
-    ``handler`` is ``file.py``, ``file.py:function``, ``module:function`` or a built-in name.
+    ``handler`` is ``file.py``, ``file.py:function``, ``module:function`` or a built-in name. The entry is chosen as
+    TorchServe chooses it: the named function; else a module-level ``handle``; else the module's one class with a
+    ``handle`` method (its ``initialize(context)`` is called by the worker, if it has one).
     """
     module_part, _, function_name = handler.partition(":")
     stem = module_part[:-3] if module_part.endswith(".py") else module_part
@@ -310,20 +403,16 @@ def load_handler(model_dir: Path, handler: str, builtin_dir: Path | None) -> tup
         if not callable(entry):
             raise HandlerError(f"handler {handler!r}: {stem}.py has no function {function_name!r}")
         return entry, None
-    classes = [
-        obj
-        for obj in vars(module).values()
-        if inspect.isclass(obj) and issubclass(obj, BaseHandler) and obj.__module__ == module.__name__
-    ]
-    if len(classes) > 1:
-        # the most derived class wins, as a file may define a base and its specialisation
-        classes = [c for c in classes if not any(o is not c and issubclass(o, c) for o in classes)]
+    entry = getattr(module, "handle", None)
+    if callable(entry) and not inspect.isclass(entry):
+        return entry, None
+    classes = _handler_classes(module)
     if len(classes) == 1:
         instance = classes[0]()
         return instance.handle, instance
     if len(classes) > 1:
         raise HandlerError(f"{stem}.py defines several handler classes: {', '.join(c.__name__ for c in classes)}")
-    entry = getattr(module, "handle", None)
-    if callable(entry):
-        return entry, None
-    raise HandlerError(f"{stem}.py defines no BaseHandler subclass and no handle(data, context) function")
+    raise HandlerError(
+        f"{stem}.py defines no handler: expected a handle(data, context) function or one class with "
+        "initialize(context) and handle(data, context) methods"
+    )

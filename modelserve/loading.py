@@ -149,7 +149,8 @@ def _import_model_class(path: Path) -> type[Any]:
     return classes[0]
 
 
-def _load_state_dict(path: Path, device: str) -> dict[str, Any]:
+def load_state_dict(path: Path, device: Any) -> dict[str, Any]:
+    """Weights from a ``.safetensors`` file or a ``.pt``/``.pth`` state_dict read with ``weights_only=True``."""
     if path.suffix == SAFETENSORS_SUFFIX:
         from safetensors.torch import load_file
 
@@ -220,7 +221,7 @@ def load_model(model_dir: Path, manifest: dict[str, Any], threads: int, device_t
         network = _import_model_class(model_dir / model_file)()
         if path is not None:
             try:
-                network.load_state_dict(_load_state_dict(path, device))
+                network.load_state_dict(load_state_dict(path, device))
             except RuntimeError as exc:
                 raise HandlerError(f"weights in {path.name} do not fit {model_file}: {_first_line(exc)}") from None
         network.to(device).eval()

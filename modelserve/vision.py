@@ -97,25 +97,40 @@ class ImageTransform:
         return "L" if self.grayscale else "RGB"
 
     def __call__(self, image: Any) -> np.ndarray:
-        from PIL import Image
-
         if self.resize:
-            width, height = image.size
-            scale = self.resize / min(width, height)
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            if size != image.size:
-                image = image.resize(size, Image.Resampling.BILINEAR)
+            image = resize_shorter_side(image, self.resize)
         if self.crop:
-            width, height = image.size
-            left = max(0, (width - self.crop) // 2)
-            top = max(0, (height - self.crop) // 2)
-            image = image.crop((left, top, left + self.crop, top + self.crop))
+            image = center_crop(image, self.crop)
         array: Any = np.asarray(image, dtype=np.float32) / 255.0
         if array.ndim == 2:
             array = array[:, :, None]
         if self.normalize:
             array = (array - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def resize_shorter_side(image: Any, size: int) -> Any:
+    """Scale so the shorter side is ``size`` (bilinear); the longer side is truncated, as torchvision's Resize does."""
+    from PIL import Image
+
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    if short == size:
+        return image
+    new_long = max(1, int(size * long / short))
+    target = (size, new_long) if width <= height else (new_long, size)
+    return image.resize(target, Image.Resampling.BILINEAR)
+
+
+def center_crop(image: Any, size: int) -> Any:
+    """A ``size`` x ``size`` crop from the center, offsets rounded and small images zero-padded, as torchvision's."""
+    width, height = image.size
+
+    def offset(length: int) -> int:
+        return round((length - size) / 2) if length >= size else -((size - length) // 2)
+
+    left, top = offset(width), offset(height)
+    return image.crop((left, top, left + size, top + size))
 
 
 def load_labels(path: Any) -> dict[str, str]:

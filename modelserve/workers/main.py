@@ -18,7 +18,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from modelserve.handler import BadInputError, BaseHandler, Context, HandleFunction, RequestInfo, load_handler
+from modelserve import __version__
+from modelserve.handler import BadInputError, Context, HandleFunction, RequestInfo, ResponseInfo, load_handler
+from modelserve.tscompat import expose_ts_package
 from modelserve.workers import payload
 from modelserve.workers.protocol import (
     LENGTH,
@@ -79,7 +81,7 @@ NUMPY_TO_OIP = {
 }  # fmt: skip
 
 
-def signature_of(instance: BaseHandler | None, model_config: dict[str, Any]) -> dict[str, Any]:
+def signature_of(instance: Any, model_config: dict[str, Any]) -> dict[str, Any]:
     """Inputs and outputs for /v2 metadata: model-config.yaml ``inputs``/``outputs`` win, else the loaded model's."""
     custom = getattr(instance, "signature", None)
     if callable(custom):
@@ -100,12 +102,18 @@ def signature_of(instance: BaseHandler | None, model_config: dict[str, Any]) -> 
     return signature
 
 
-def _status_for(exc: BaseException) -> int:
+def _error_of(exc: BaseException) -> tuple[int, str]:
+    """The status and message a handler's exception answers with."""
     if isinstance(exc, BadInputError):
-        return 400
+        return 400, str(exc)
     if isinstance(exc, MemoryError):
-        return 507
-    return 500
+        return 507, f"{type(exc).__name__}: {exc}"
+    # modelserve's PredictionError and TorchServe's PredictionException (ours or a real one): its code and message
+    code = getattr(exc, "error_code", None)
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        message = getattr(exc, "message", None)
+        return code, message if isinstance(message, str) else str(exc)
+    return 500, f"{type(exc).__name__}: {exc}"
 
 
 class Worker:
@@ -120,9 +128,10 @@ class Worker:
             batch_size=init.batch_size,
             model_yaml_config=init.model_config,
             intra_op_threads=init.intra_op_threads,
+            server_version=__version__,
         )
         self.handle: HandleFunction | None = None
-        self.instance: BaseHandler | None = None
+        self.instance: Any = None
         self.signature: dict[str, Any] = {}
 
     @property
@@ -137,9 +146,12 @@ class Worker:
         for entry in reversed(self.init.python_path):
             if entry not in sys.path:
                 sys.path.insert(0, entry)  # the model's own dependencies win over the server's environment
+        expose_ts_package()  # handlers written against TorchServe import ts.*
         self.handle, self.instance = load_handler(model_dir, self.init.handler, builtin_handlers_dir())
         if self.instance is not None:
-            self.instance.initialize(self.context)
+            initialize = getattr(self.instance, "initialize", None)
+            if callable(initialize):
+                initialize(self.context)
         else:
             # TorchServe calls a function entry once with no data to let it initialize
             self.handle(None, self.context)  # type: ignore[arg-type]
@@ -190,10 +202,9 @@ class Worker:
                     "it must return a list with one result per request"
                 )
         except Exception as exc:
-            status = _status_for(exc)
-            if status == 500:
+            status, message = _error_of(exc)
+            if status >= 500:
                 traceback.print_exc()
-            message = str(exc) if status == 400 else f"{type(exc).__name__}: {exc}"
             for index in positions:
                 results[index] = payload.error_result(status, message)
             return
@@ -203,7 +214,7 @@ class Worker:
         for slot, (index, output) in enumerate(zip(positions, outputs, strict=True)):
             response = self.context.responses[slot]
             if protocols[slot] == Protocol.TORCHSERVE.value:
-                results[index] = payload.encode_result(output, response)
+                results[index] = _with_parts(payload.encode_result(output, response), response.parts)
                 continue
             if response.status >= 400:  # the protocol's own error shape, {"error": ...}
                 results[index] = payload.error_result(response.status, response.reason or str(output))
@@ -217,6 +228,21 @@ class Worker:
                 results[index] = payload.error_result(400, str(exc))
             except (TypeError, ValueError) as exc:
                 results[index] = payload.error_result(500, f"handler result cannot be encoded: {exc}")
+
+
+def _with_parts(result: InferResult, parts: list[Any]) -> InferResult:
+    """Put the parts a handler sent ahead of its final result in front of it, in order, as one body."""
+    if not parts or result.status >= 400:
+        return result
+    bodies = []
+    for part in parts:
+        encoded = payload.encode_result(part, ResponseInfo())
+        if encoded.status >= 400:
+            return encoded
+        bodies.append(encoded.body)
+    bodies.append(result.body)
+    result.body = b"".join(bodies)
+    return result
 
 
 def _serve(channel: Channel) -> int:
