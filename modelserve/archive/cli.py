@@ -8,6 +8,7 @@ import time
 import typing
 from pathlib import Path
 
+from modelserve import package_version
 from modelserve.archive.errors import ArchiveError
 from modelserve.archive.packer import ARCHIVE_FORMATS, PackRequest, collect_entries, pack_archive
 
@@ -49,13 +50,36 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class ModelVersionOrShowVersion(argparse.Action):
+    """``-v/--version V`` is the model's version, as in torch-model-archiver; alone, it prints the tool's own."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | typing.Sequence[typing.Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        if values is None:
+            print(f"{parser.prog} {package_version()}")
+            parser.exit(0)
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="modelserve-archive",
         description="Pack a model into a TorchServe-compatible archive (.mar, .tar.gz or a directory).",
     )
     parser.add_argument("--model-name", required=True, help="model name; also the archive's file name")
-    parser.add_argument("-v", "--version", default="1.0", help="model version (default: 1.0)")
+    parser.add_argument(
+        "-v",
+        "--version",
+        nargs="?",
+        default="1.0",
+        action=ModelVersionOrShowVersion,
+        help="model version (default: 1.0); alone, print modelserve-archive's own version",
+    )
     parser.add_argument("--serialized-file", type=Path, help="weights: state_dict .pth/.pt, TorchScript, .onnx, ...")
     parser.add_argument("--model-file", type=Path, help="Python file defining the model class (eager mode)")
     parser.add_argument(

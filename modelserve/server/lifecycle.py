@@ -18,6 +18,7 @@ from modelserve.config import ServerConfig, is_loopback, parse_address
 from modelserve.errors import ModelServeError
 from modelserve.models.registry import ModelRegistry, RegisterOptions
 from modelserve.models.store import ModelStore
+from modelserve.models.version import VersionState
 from modelserve.server.auth import write_key_file
 from modelserve.server.cors import cors_middleware
 from modelserve.server.guard import ConnectionGuard, GuardedSite
@@ -39,6 +40,14 @@ class StartupOptions:
     token_auth: bool = True
     model_api: bool = False
     snapshot: bool = True
+
+
+@dataclass(frozen=True)
+class StartupFailure:
+    """A model named for start-up that is not serving, and why."""
+
+    model: str
+    reason: str
 
 
 @dataclass
@@ -77,6 +86,7 @@ class Server:
         )
         self.runners: list[web.AppRunner] = []
         self.stop_event = asyncio.Event()
+        self.startup_failures: list[StartupFailure] = []
 
     async def _serve_app(self, app: web.Application, address: str) -> str:
         host, port = parse_address(address)
@@ -123,11 +133,13 @@ class Server:
         jobs: list[tuple[str | None, str, RegisterOptions]] = []
         restored_urls: set[str] = set()
         defaults: dict[str, str] = {}
-        snapshot = self.state.load_snapshot()
+        # a TorchServe model_snapshot given in the configuration replaces modelserve's own snapshot file
+        snapshot = self.config.snapshot_to_restore or self.state.load_snapshot()
         if snapshot:
             for name, versions in (snapshot.get("models") or {}).items():
                 for version, entry in versions.items():
-                    overrides = {k: entry[k] for k in ("batchSize", "maxBatchDelay", "responseTimeout") if k in entry}
+                    keys = ("batchSize", "maxBatchDelay", "responseTimeout", "startupTimeout")
+                    overrides = {k: entry[k] for k in keys if k in entry}
                     overrides["maxWorkers"] = entry.get("maxWorkers")
                     options = RegisterOptions(
                         model_name=name, handler=entry.get("handler"), initial_workers=entry.get("minWorkers"),
@@ -137,7 +149,10 @@ class Server:
                     restored_urls.add(entry["url"])
                     if entry.get("defaultVersion"):
                         defaults[name] = version
-            log.info("restoring %d model versions from snapshot %s", len(jobs), self.state.snapshot_path)
+            source = (
+                "model_snapshot in the configuration" if self.config.snapshot_to_restore else self.state.snapshot_path
+            )
+            log.info("restoring %d model versions from %s", len(jobs), source)
         for name, url in parse_model_specs(self.options.models + self.config.load_models, store):
             if url not in restored_urls:
                 jobs.append((name, url, RegisterOptions(model_name=name, loaded_at_startup=True)))
@@ -147,9 +162,14 @@ class Server:
             label = name or url
             self.state.pending_loads.add(label)
             try:
-                await registry.register(store.resolve(url), options)
+                version = await registry.register(store.resolve(url), options)
             except ModelServeError as exc:
                 log.error("cannot load %s: %s", url, exc)
+                self.startup_failures.append(StartupFailure(label, str(exc)))
+            else:
+                if version.state is VersionState.FAILED:
+                    reason = version.pool.last_error or "its workers failed to start"
+                    self.startup_failures.append(StartupFailure(f"{version.name} version {version.version}", reason))
             finally:
                 self.state.pending_loads.discard(label)
 
@@ -158,6 +178,13 @@ class Server:
             await asyncio.gather(*(load(*job) for job in jobs))
         finally:
             registry.startup_pending = 0
+        for name, versions in self.config.models.items():
+            for version, settings in versions.items():
+                if settings.default_version:
+                    defaults.setdefault(name, version)
+                if version not in registry.models.get(name, {}):
+                    log.warning("models in the configuration: model %s version %s was not loaded at start-up; "
+                                "its settings are unused", name, version)  # fmt: skip
         for name, version in defaults.items():
             with contextlib.suppress(ModelServeError):
                 registry.set_default(name, version)
