@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -161,9 +162,12 @@ class Context:
         self.request_ids: dict[int, str] = {}
         # TorchServe's streaming stop test per request (callable on the result: True to stop); kept for its handlers
         self.stopping_criteria: list[Callable[[Any], bool | None]] | None = None
-        self.header_key_sequence_id = "ts_request_sequence_id"
-        self.header_key_sequence_start = "ts_request_sequence_start"
-        self.header_key_sequence_end = "ts_request_sequence_end"
+        # TorchServe's sequence headers, renamed by the same environment variables
+        self.header_key_sequence_id = os.environ.get("TS_REQUEST_SEQUENCE_ID", "ts_request_sequence_id")
+        self.header_key_sequence_start = os.environ.get("TS_REQUEST_SEQUENCE_START", "ts_request_sequence_start")
+        self.header_key_sequence_end = os.environ.get("TS_REQUEST_SEQUENCE_END", "ts_request_sequence_end")
+        # state a handler keeps across batches (TorchServe's handlers set context.cache themselves)
+        self.cache: dict[Any, Any] = {}
 
     def begin_batch(self, requests: list[RequestInfo]) -> None:
         self.requests = requests

@@ -282,3 +282,36 @@ def test_handler_selection_follows_torchserve(tmp_path: Path) -> None:
     _write(tmp_path, "none.py", "class Data:\n    pass\n")
     with pytest.raises(HandlerError, match="defines no handler"):
         load_handler(tmp_path, "none.py", None)
+
+
+def test_micro_batching_runs_the_steps_per_micro_batch_in_order() -> None:
+    from ts.handler_utils.micro_batching import MicroBatching
+
+    class Handler:
+        def __init__(self) -> None:
+            self.seen: list[list[int]] = []
+
+        def preprocess(self, data: list[int]) -> list[int]:
+            self.seen.append(list(data))
+            if 13 in data:
+                raise ValueError("unlucky")
+            return [d * 10 for d in data]
+
+        def inference(self, data: list[int]) -> list[int]:
+            return [d + 1 for d in data]
+
+        def postprocess(self, data: list[int]) -> list[int]:
+            return data
+
+    handler = Handler()
+    batching = MicroBatching(handler, micro_batch_size=2, parallelism={"preprocess": 2, "inference": 3})
+    try:
+        assert batching.handle(list(range(7))) == [d * 10 + 1 for d in range(7)]
+        assert sorted(handler.seen) == [[0, 1], [2, 3], [4, 5], [6]]
+        with pytest.raises(ValueError, match="unlucky"):
+            batching.handle([1, 13, 2])
+        assert batching.handle([5]) == [51]  # nothing of the failed batch leaks into the next one
+        with pytest.raises(ValueError, match="per step"):
+            batching.parallelism = {"decode": 1}
+    finally:
+        batching.shutdown()
