@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from modelserve.handler import BadInputError, ResponseInfo
 from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferRequest, InferResult, Protocol
@@ -56,16 +58,46 @@ def decode_request(body: bytes, content_type: str) -> dict[str, Any]:
         fields = _parse_multipart(body, content_type)
         first = next(iter(fields.values()))
         return {"body": first, "data": first, **fields}
-    if media == "application/x-www-form-urlencoded":
-        from urllib.parse import parse_qs
-
-        # curl --data-binary sends this type for any file: keep the raw body, add fields only for real form text
-        try:
-            parsed = {k: v[0] for k, v in parse_qs(body.decode("utf-8"), strict_parsing=True).items()}
-        except (UnicodeDecodeError, ValueError):
-            parsed = {}
-        return {**parsed, "body": body, "data": body}
+    if media == FORM_TYPE:
+        form = parse_form(body)
+        if form is not None:
+            return form
     return {"body": body, "data": body}
+
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+_FORM_NAME = re.compile(rb"[^\s=&]+")
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+def parse_form(body: bytes) -> dict[str, Any] | None:
+    """Form fields by name, as TorchServe hands them to a handler: values are bytes, percent- and ``+``-decoded,
+    the last of a repeated name wins, a name without ``=`` has an empty value.
+
+    None when the body is not a form: curl ``-d``/``--data-binary`` labels any file this way, and TorchServe would
+    turn an image or a text without ``=`` into garbage or no fields at all. A body is taken as a form when it is
+    UTF-8 text on one line (a trailing line break is ignored) with at least one ``=``, only valid ``%XX`` escapes,
+    and a name free of spaces at the start of every ``&``-separated part.
+    """
+    text = body.rstrip(b"\r\n")
+    if b"=" not in text or _CONTROL.search(text) or _BAD_ESCAPE.search(text):
+        return None
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    fields: dict[str, Any] = {}
+    for part in text.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if not _FORM_NAME.fullmatch(name):
+            return None
+        fields[_form_decode(name).decode("utf-8", "replace")] = _form_decode(value)
+    return fields
+
+
+def _form_decode(raw: bytes) -> bytes:
+    return unquote_to_bytes(raw.replace(b"+", b" "))
 
 
 def decode_for(request: InferRequest) -> dict[str, Any]:
