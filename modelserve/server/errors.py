@@ -45,6 +45,18 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (WorkerLoadError, 500),
 ]
 
+
+class DefaultVersionInUseError(ForbiddenError):
+    """Unregistering the default version while other versions remain."""
+
+
+# TorchServe names the ``type`` of an error after its exception class; where ours is more specific than the status
+TYPE_BY_ERROR: list[tuple[type[Exception], str]] = [
+    (VersionNotFoundError, "ModelVersionNotFoundException"),
+    (DefaultVersionInUseError, "InvalidModelVersionException"),
+    (ModelAlreadyExistsError, "ConflictStatusException"),
+]
+
 TYPE_NAMES = {
     400: "BadRequestException",
     401: "Unauthorized",
@@ -67,15 +79,26 @@ def status_for(error: Exception) -> int:
     return 500
 
 
+def type_for(error: Exception) -> str | None:
+    for kind, name in TYPE_BY_ERROR:
+        if isinstance(error, kind):
+            return name
+    return None
+
+
 def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None, v2_style: bool = False
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    v2_style: bool = False,
+    type_name: str | None = None,
 ) -> web.Response:
     """TorchServe-style ``{"code", "type", "message"}``; the Open Inference Protocol's ``{"error"}`` on /v2."""
     body: dict[str, object]
     if v2_style:
         body = {"error": message}
     else:
-        body = {"code": status, "type": TYPE_NAMES.get(status, "ServerException"), "message": message}
+        body = {"code": status, "type": type_name or TYPE_NAMES.get(status, "ServerException"), "message": message}
     return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
 
 
@@ -98,7 +121,7 @@ def request_id_of(request: web.Request) -> str:
 
 def _map_error(request: web.Request, exc: BaseException, v2: bool) -> web.StreamResponse:
     if isinstance(exc, ModelServeError):
-        return error_response(status_for(exc), str(exc), _retry_headers(exc), v2)
+        return error_response(status_for(exc), str(exc), _retry_headers(exc), v2, type_for(exc))
     if isinstance(exc, web.HTTPException):
         custom = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
         if exc.status == 413:
@@ -112,7 +135,9 @@ def _map_error(request: web.Request, exc: BaseException, v2: bool) -> web.Stream
         else:
             message = exc.reason
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
-        return error_response(exc.status, message, headers or None, v2)
+        # a path that names no route is TorchServe's ResourceNotFoundException, not a missing model
+        type_name = "ResourceNotFoundException" if exc.status == 404 and not custom else None
+        return error_response(exc.status, message, headers or None, v2, type_name)
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return error_response(500, f"internal error: {type(exc).__name__}", None, v2)
 

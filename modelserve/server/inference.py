@@ -6,13 +6,16 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
-from modelserve.errors import ModelLoadError, ServiceUnavailableError
+from modelserve.errors import ModelLoadError, ModelNotFoundError, ServiceUnavailableError, VersionNotFoundError
+from modelserve.models.registry import ModelRegistry
 from modelserve.models.version import ModelVersion
 from modelserve.server.errors import MAX_BODY_KEY, REQUEST_ID, error_middleware, error_response, status_for
 from modelserve.server.openapi import DESCRIBE_ROUTES, RouteDoc, build_document, name_param, version_param
+from modelserve.server.routing import accept_trailing_slashes
 from modelserve.server.state import STATE, ServerState
 from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferResult, Protocol
 
@@ -50,15 +53,27 @@ ACCESS_LOG = _DeferredAccessLog()
 
 PREDICTION_RESPONSES = {200: "Prediction", 400: "Bad input", 404: "Unknown model or version", 413: "Body too large",
                         503: "Busy"}  # fmt: skip
+# the request header TorchServe's frontend sets to tell a handler to explain instead of predict
+EXPLAIN_HEADER = "explain"
+# and the one that carries the path segments after /predictions/{name}/{version}
+URL_PATH_HEADER = "url_path"
 ROUTES = [
     *DESCRIBE_ROUTES,
     RouteDoc("GET", "/ping", "Health of the server and its models", responses={200: "Healthy", 500: "Unhealthy"}),
     *(
-        RouteDoc(method, path, summary, params, PREDICTION_RESPONSES, body="application/octet-stream")
+        RouteDoc(
+            method,
+            f"/{kind}{path}",
+            f"{summary} with {what}",
+            params,
+            PREDICTION_RESPONSES,
+            body="application/octet-stream",
+        )
         for method in ("POST", "PUT")
-        for path, summary, params in (
-            ("/predictions/{name}", "Predict with the default version", (name_param(),)),
-            ("/predictions/{name}/{version}", "Predict with one version", (name_param(), version_param())),
+        for kind, summary in (("predictions", "Predict"), ("explanations", "Explain"))
+        for path, what, params in (
+            ("/{name}", "the default version", (name_param(),)),
+            ("/{name}/{version}", "one version", (name_param(), version_param())),
         )
     ),
     RouteDoc("GET", "/v2/health/live", "Liveness", responses={200: "Live"}),
@@ -86,9 +101,33 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return await request.read()
 
 
-async def infer(request: web.Request, version: ModelVersion, body: bytes, protocol: Protocol) -> InferResult:
-    """Queue one request on ``version`` and await its result; the job is abandoned if the client goes away."""
+def find_version(registry: ModelRegistry, name: str, version: str | None) -> ModelVersion:
+    """``version`` of ``name`` (the default when None), with TorchServe's messages when there is none."""
+    versions = registry.models.get(name)
+    if not versions:
+        raise ModelNotFoundError(f"Model not found: {name}")
+    if version is None:
+        return versions[registry.defaults[name]]
+    found = versions.get(version)
+    if found is None:
+        raise VersionNotFoundError(f"Model version: {version} does not exist for model: {name}")
+    return found
+
+
+async def infer(
+    request: web.Request,
+    version: ModelVersion,
+    body: bytes,
+    protocol: Protocol,
+    extra_headers: dict[str, str] | None = None,
+) -> InferResult:
+    """Queue one request on ``version`` and await its result; the job is abandoned if the client goes away.
+
+    ``extra_headers`` replace the client's headers of the same (lower-case) name.
+    """
     headers = {k.lower(): v for k, v in request.headers.items()}
+    if extra_headers:
+        headers.update(extra_headers)
     job = version.submit(body, request.headers.get("Content-Type", ""), headers, request[REQUEST_ID], protocol)
     try:
         return await job.future
@@ -99,13 +138,32 @@ async def infer(request: web.Request, version: ModelVersion, body: bytes, protoc
         raise
 
 
+def _path_headers(request: web.Request, explain: bool) -> dict[str, str]:
+    # TorchServe's frontend sets both on every /predictions and /explanations request, over any the client sent
+    tail = request.match_info.get("url_path", "").strip("/")
+    return {EXPLAIN_HEADER: str(explain), URL_PATH_HEADER: tail}
+
+
 async def predictions(request: web.Request) -> web.StreamResponse:
-    """TorchServe's /predictions/{name}[/{version}]."""
-    return await serve_inference(request, Protocol.TORCHSERVE)
+    """TorchServe's /predictions/{name}[/{version}[/more/path]]."""
+    return await serve_inference(request, Protocol.TORCHSERVE, _path_headers(request, explain=False))
 
 
-async def serve_inference(request: web.Request, protocol: Protocol) -> web.StreamResponse:
-    """Resolve the model version, queue the body, await the worker's answer; count and log the outcome."""
+async def explanations(request: web.Request) -> web.StreamResponse:
+    """TorchServe's /explanations/{name}[/{version}]: a prediction request whose handler is told to explain."""
+    return await serve_inference(request, Protocol.TORCHSERVE, _path_headers(request, explain=True))
+
+
+async def serve_inference(
+    request: web.Request,
+    protocol: Protocol,
+    extra_headers: dict[str, str] | None = None,
+    reshape: Callable[[web.Response], web.Response] | None = None,
+) -> web.StreamResponse:
+    """Resolve the model version, queue the body, await the worker's answer; count and log the outcome.
+
+    ``extra_headers`` go to the handler with the request's own; ``reshape`` may rewrite a successful answer.
+    """
     state = request.app[STATE]
     started = time.perf_counter()
     name = request.match_info["name"]
@@ -115,10 +173,12 @@ async def serve_inference(request: web.Request, protocol: Protocol) -> web.Strea
     try:
         if state.draining:
             raise ServiceUnavailableError("server is shutting down", retry_after_s=5)
-        version = state.registry.get(name, version_name)
+        version = find_version(state.registry, name, version_name)
         body = await _read_body(request, state.config.max_request_size)
-        result = await infer(request, version, body, protocol)
+        result = await infer(request, version, body, protocol, extra_headers)
         response = _result_response(result, state.config.max_response_size, protocol is not Protocol.TORCHSERVE)
+        if reshape is not None and response.status == 200 and result.content_type != ERROR_CONTENT_TYPE:
+            response = reshape(response)
         status = response.status
         return response
     except web.HTTPException as exc:
@@ -183,8 +243,10 @@ def create_inference_app(state: ServerState) -> web.Application:
     app.router.add_get("/ping", ping)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
-    for path in ("/predictions/{name}", "/predictions/{name}/{version}"):
-        app.router.add_post(path, predictions)
-        app.router.add_put(path, predictions)
+    for kind, handler in (("predictions", predictions), ("explanations", explanations)):
+        for path in ("/{name}", "/{name}/{version}", "/{name}/{version}/{url_path:.+}"):
+            app.router.add_post(f"/{kind}{path}", handler)
+            app.router.add_put(f"/{kind}{path}", handler)
     v2.add_inference_routes(app)
+    accept_trailing_slashes(app)
     return app

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from modelserve.errors import InvalidRequestError, NotAllowedError
+from modelserve.errors import (
+    InvalidRequestError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelServeError,
+    NotAllowedError,
+    VersionNotFoundError,
+)
 from modelserve.models.registry import RegisterOptions
 from modelserve.models.store import ModelSource, download, is_remote
 from modelserve.models.version import ModelVersion
 from modelserve.server.auth import token_middleware
-from modelserve.server.errors import error_middleware
-from modelserve.server.inference import add_description_routes
+from modelserve.server.errors import DefaultVersionInUseError, error_middleware
+from modelserve.server.inference import add_description_routes, find_version
 from modelserve.server.openapi import DESCRIBE_ROUTES, Param, RouteDoc, name_param, version_param
+from modelserve.server.routing import accept_trailing_slashes
 from modelserve.server.state import STATE, ServerState
 
 log = logging.getLogger("modelserve.management")
+
+MIN_TIMEOUT_S = 0.001  # the shortest responseTimeout / startupTimeout a model configuration takes
 
 REGISTER_PARAMS = (
     Param("url", description="archive file name in the model store, or an allowed http(s) URL", required=True),
@@ -53,45 +66,45 @@ ROUTES = [
 ]  # fmt: skip
 
 
-def _int_param(request: web.Request, key: str) -> int | None:
+# TorchServe's reading of query parameters: an integer that does not parse counts as absent (it never answers 400
+# for one), and a boolean is true only when it says "true" in any case, as Java's Boolean.parseBoolean has it
+_JAVA_INT = re.compile(r"^[+-]?[0-9]{1,10}$")
+_INT_RANGE = range(-(2**31), 2**31)
+
+
+def _int_param(request: web.Request, key: str, default: int | None = None) -> int | None:
     raw = request.query.get(key)
-    if raw is None or raw == "":
-        return None
-    try:
+    if raw is None:
+        return default
+    if _JAVA_INT.match(raw) and int(raw) in _INT_RANGE:
         return int(raw)
-    except ValueError:
-        raise InvalidRequestError(f"parameter {key!r} must be an integer, got {raw!r}") from None
+    log.warning("%s %s: parameter %s=%r is not an integer, so it is ignored (as TorchServe does)",
+                request.method, request.path, key, raw)  # fmt: skip
+    return default
 
 
 def _bool_param(request: web.Request, key: str, default: bool) -> bool:
     raw = request.query.get(key)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    lowered = raw.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise InvalidRequestError(f"parameter {key!r} must be true or false, got {raw!r}")
+    return raw.lower() == "true"
 
 
 async def list_models(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    # bad values fall back to the defaults, as in TorchServe
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
+    """TorchServe's paging: at most 100 per page; ``nextPageToken`` whenever the page did not run past the end."""
+    registry = request.app[STATE].registry
+    limit = _int_param(request, "limit", 100) or 0
+    if limit > 100 or limit < 0:
         limit = 100
-    if limit <= 0 or limit > 1000:
-        limit = 100
-    try:
-        start = max(int(request.query.get("next_page_token", "0")), 0)
-    except ValueError:
-        start = 0
-    models, following = state.registry.list_page(limit, start)
-    body: dict[str, Any] = {"models": models}
-    if following is not None:
-        body["nextPageToken"] = str(following)
+    start = max(_int_param(request, "next_page_token", 0) or 0, 0)
+    names = sorted(registry.models)
+    last = start + limit
+    body: dict[str, Any] = {}
+    if last > len(names):
+        last = len(names)
+    else:
+        body["nextPageToken"] = str(last)
+    body["models"] = [{"modelName": n, "modelUrl": find_version(registry, n, None).url} for n in names[start:last]]
     return web.json_response(body)
 
 
@@ -112,86 +125,187 @@ async def _fetch_source(state: ServerState, url: str) -> ModelSource:
     return state.store.resolve(url)
 
 
-async def register_model(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    _require_model_api(state)
-    url = request.query.get("url", "").strip()
-    if not url:
-        raise InvalidRequestError("parameter 'url' is required")
+def _timeout_param(request: web.Request, key: str) -> float | None:
+    value = _int_param(request, key)
+    if value is None or value == -1:  # TorchServe's "not given"
+        return None
+    # 0 asks for no time at all, which TorchServe takes (and then fails every worker start, or every request):
+    # here it becomes the shortest time a model configuration takes, with the same outcome
+    return MIN_TIMEOUT_S if value == 0 else float(value)
+
+
+def _register_options(request: web.Request) -> RegisterOptions:
+    batch_size = _int_param(request, "batch_size")
+    max_batch_delay = _int_param(request, "max_batch_delay")
     overrides = {
-        "batchSize": _int_param(request, "batch_size"),
-        "maxBatchDelay": _int_param(request, "max_batch_delay"),
-        "responseTimeout": _int_param(request, "response_timeout"),
-        "startupTimeout": _int_param(request, "startup_timeout"),
+        "batchSize": None if batch_size == -1 else batch_size,  # TorchServe's values for "not given"
+        "maxBatchDelay": None if max_batch_delay == -100 else max_batch_delay,
+        "responseTimeout": _timeout_param(request, "response_timeout"),
+        "startupTimeout": _timeout_param(request, "startup_timeout"),
     }
-    options = RegisterOptions(
+    initial_workers = _int_param(request, "initial_workers")
+    return RegisterOptions(
         model_name=request.query.get("model_name") or None,
         handler=request.query.get("handler") or None,
         runtime=request.query.get("runtime") or None,
-        initial_workers=_int_param(request, "initial_workers"),
-        synchronous=_bool_param(request, "synchronous", False),
+        # TorchServe starts no worker for a negative count
+        initial_workers=None if initial_workers is None else max(initial_workers, 0),
+        synchronous=False,  # waited for here, so that a failure can name the version
         config_overrides={k: v for k, v in overrides.items() if v is not None},
     )
-    if options.initial_workers is not None and options.initial_workers < 0:
-        raise InvalidRequestError("initial_workers must not be negative")
+
+
+def _load_failure(version: ModelVersion, error: Exception) -> ModelLoadError:
+    return ModelLoadError(f"Failed to start workers for model {version.name} version: {version.version}: {error}")
+
+
+async def register_model(request: web.Request) -> web.Response:
+    """Register a version; by default (as in TorchServe) answer once its workers are up."""
+    state = request.app[STATE]
+    _require_model_api(state)
+    url = request.query.get("url")
+    if url is None:
+        raise InvalidRequestError("Parameter url is required.")
+    url = url.strip()
+    if not url:
+        raise ModelNotFoundError("Model not found at: (empty url)")
+    options = _register_options(request)
+    synchronous = _bool_param(request, "synchronous", True)
     source = await _fetch_source(state, url)
     try:
         version = await state.registry.register(source, options)
     finally:
         if source.downloaded:
             Path(source.path).unlink(missing_ok=True)
-    state.save_snapshot()
     workers = version.min_workers
-    if options.synchronous:
-        message = f'Model "{version.name}" Version: {version.version} registered with {workers} initial workers'
-        return web.json_response({"status": message})
-    message = (
-        f'Model "{version.name}" Version: {version.version} registered with {workers} initial workers. '
-        "Processing worker updates..."
-    )
-    return web.json_response({"status": message}, status=202)
+    registered = f'Model "{version.name}" Version: {version.version} registered with {workers} initial workers'
+    if workers == 0:
+        state.save_snapshot()
+        return web.json_response({"status": registered + ". Use scale workers API to add workers for the model."})
+    if not synchronous:
+        state.save_snapshot()
+        return web.json_response({"status": "Processing worker updates..."}, status=202)
+    try:
+        await version.wait_ready()
+    except ModelLoadError as exc:
+        # a version whose workers cannot start is rolled back, as TorchServe does
+        with contextlib.suppress(ModelServeError):
+            await state.registry.unregister(version.name, version.version)
+        raise _load_failure(version, exc) from None
+    state.save_snapshot()
+    return web.json_response({"status": registered})
 
 
 def _version_of(request: web.Request) -> ModelVersion:
-    return request.app[STATE].registry.get(request.match_info["name"], request.match_info.get("version"))
+    return find_version(request.app[STATE].registry, request.match_info["name"], request.match_info.get("version"))
+
+
+_TS_DESCRIBE_ORDER = (
+    "modelName", "modelVersion", "modelUrl", "runtime", "minWorkers", "maxWorkers", "batchSize", "maxBatchDelay",
+    "responseTimeout", "startupTimeout", "maxRetryTimeoutInSec", "clientTimeoutInMills", "parallelType",
+    "parallelLevel", "deviceType", "continuousBatching", "useJobTicket", "useVenv", "stateful", "sequenceMaxIdleMSec",
+    "sequenceTimeoutMSec", "maxNumSequence", "maxSequenceJobQueueSize", "loadedAtStartup", "workers", "jobQueueStatus",
+)  # fmt: skip
+# what TorchServe reports for the features modelserve does not have (retry window, client timeouts, model
+# parallelism, continuous or sequence batching, job tickets, per-model virtual environments)
+_TS_DESCRIBE_DEFAULTS: dict[str, Any] = {
+    "maxRetryTimeoutInSec": 300, "clientTimeoutInMills": 0, "parallelType": "", "parallelLevel": 0,
+    "continuousBatching": False, "useJobTicket": False, "useVenv": False, "stateful": False,
+    "sequenceMaxIdleMSec": 0, "sequenceTimeoutMSec": 0, "maxNumSequence": 0, "maxSequenceJobQueueSize": 0,
+}  # fmt: skip
+
+
+def _whole(value: Any) -> Any:
+    """120.0 -> 120: TorchServe's integer fields stay integers for clients that parse them as such."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _ts_time(iso: Any) -> Any:
+    """A worker's start time as TorchServe writes it: ``2024-01-31T12:00:00.123Z``."""
+    try:
+        moment = datetime.fromisoformat(str(iso)).astimezone(timezone.utc)
+    except ValueError:
+        return iso
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def describe(version: ModelVersion) -> dict[str, Any]:
+    """TorchServe's description keys, in its order, then modelserve's own (``handler``, ``status``, ``error``)."""
+    own = version.describe()
+    own.setdefault("deviceType", version.config.device_type)
+    for key, value in _TS_DESCRIBE_DEFAULTS.items():
+        own.setdefault(key, value)
+    for key in ("batchSize", "maxBatchDelay", "responseTimeout", "startupTimeout"):
+        own[key] = _whole(own.get(key))
+    own["workers"] = [
+        {**worker, "startTime": _ts_time(worker.get("startTime")), "gpuUsage": worker.get("gpuUsage", "N/A")}
+        for worker in own.get("workers", [])
+    ]
+    ordered = {key: own.pop(key) for key in _TS_DESCRIBE_ORDER if key in own}
+    ordered.update(own)
+    return ordered
 
 
 async def describe_model(request: web.Request) -> web.Response:
     registry = request.app[STATE].registry
     name = request.match_info["name"]
-    wants_all = request.match_info.get("version") == "all"
-    versions = registry.versions(name) if wants_all else [_version_of(request)]
-    return web.json_response([v.describe() for v in versions])
+    if request.match_info.get("version") == "all":
+        find_version(registry, name, None)
+        versions = registry.versions(name)
+    else:
+        versions = [_version_of(request)]
+    return web.json_response([describe(v) for v in versions])
 
 
 async def scale_model(request: web.Request) -> web.Response:
+    """TorchServe's defaults: ``min_worker`` 1, ``max_worker`` the minimum, asynchronous (202)."""
     state = request.app[STATE]
-    version = _version_of(request)
-    min_workers = _int_param(request, "min_worker")
-    min_workers = version.min_workers if min_workers is None else min_workers
-    max_workers = _int_param(request, "max_worker")
-    max_workers = max(version.max_workers, min_workers) if max_workers is None else max_workers
+    name = request.match_info["name"]
+    asked_version = request.match_info.get("version") or request.query.get("model_version") or None
+    version = find_version(state.registry, name, asked_version)
+    min_workers = _int_param(request, "min_worker", 1)
+    assert min_workers is not None
+    max_workers = _int_param(request, "max_worker", min_workers)
+    assert max_workers is not None
+    if max_workers < min_workers:
+        raise InvalidRequestError("max_worker cannot be less than min_worker.")
+    if min_workers < 0:
+        raise InvalidRequestError(f"min_worker must not be negative, got {min_workers}")
     synchronous = _bool_param(request, "synchronous", False)
-    await state.registry.scale(version, min_workers, max_workers, synchronous)
-    state.save_snapshot()
-    if synchronous:
-        return web.json_response(
-            {"status": f"Workers scaled to {min_workers} for model: {version.name}, version: {version.version}"}
-        )
-    return web.json_response({"status": "Processing worker updates..."}, status=202)
+    try:
+        await state.registry.scale(version, min_workers, max_workers, synchronous)
+    except ModelLoadError as exc:
+        raise _load_failure(version, exc) from None
+    finally:
+        state.save_snapshot()
+    if not synchronous:
+        return web.json_response({"status": "Processing worker updates..."}, status=202)
+    message = f"Workers scaled to {min_workers} for model: {name}"
+    if asked_version is not None:
+        message += f", version: {asked_version}"
+    return web.json_response({"status": message})
 
 
 async def unregister_model(request: web.Request) -> web.Response:
     state = request.app[STATE]
     _require_model_api(state)
-    version = await state.registry.unregister(request.match_info["name"], request.match_info.get("version"))
+    registry = state.registry
+    version = _version_of(request)
+    if len(registry.versions(version.name)) > 1 and registry.defaults.get(version.name) == version.version:
+        raise DefaultVersionInUseError(
+            f"Cannot remove default version for model {version.name}: set another default version first"
+        )
+    await registry.unregister(version.name, version.version)
     state.save_snapshot()
-    return web.json_response({"status": f'Model "{version.name}" version {version.version} unregistered'})
+    return web.json_response({"status": f'Model "{version.name}" unregistered'})
 
 
 async def set_default(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name, version = request.match_info["name"], request.match_info["version"]
+    find_version(state.registry, name, None)
+    if version not in state.registry.models[name]:
+        raise VersionNotFoundError(f"Model version {version} does not exist for model {name}")
     state.registry.set_default(name, version)
     state.save_snapshot()
     return web.json_response({"status": f'Default version successfully updated for model "{name}" to "{version}"'})
@@ -214,4 +328,5 @@ def create_management_app(state: ServerState, token: str | None) -> web.Applicat
         app.router.add_delete(path, unregister_model)
     app.router.add_put("/models/{name}/{version}/set-default", set_default)
     v2.add_repository_routes(app)
+    accept_trailing_slashes(app)
     return app

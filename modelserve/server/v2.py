@@ -3,6 +3,7 @@ repository extension on the management port. Errors on these routes are ``{"erro
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -11,7 +12,7 @@ from modelserve import __version__
 from modelserve.errors import ModelServeError, NotAllowedError
 from modelserve.models.registry import RegisterOptions
 from modelserve.models.version import ModelVersion, VersionState
-from modelserve.server.inference import serve_inference
+from modelserve.server.inference import EXPLAIN_HEADER, find_version, serve_inference
 from modelserve.server.openapi import Param, RouteDoc, name_param
 from modelserve.server.state import STATE, ServerState
 from modelserve.workers.protocol import Protocol
@@ -43,6 +44,8 @@ INFERENCE_ROUTES = [
     RouteDoc("GET", "/v1/models/{name}", "KServe v1 model status", (name_param(),), {200: "Status", 404: "Unknown"}),
     RouteDoc("POST", "/v1/models/{name}:predict", "KServe v1 prediction", (name_param(),),
              {200: "Predictions", 400: "Bad input", 404: "Unknown"}, body="application/json"),
+    RouteDoc("POST", "/v1/models/{name}:explain", "KServe v1 explanation", (name_param(),),
+             {200: "Explanations", 400: "Bad input", 404: "Unknown"}, body="application/json"),
 ]  # fmt: skip
 
 REPOSITORY_ROUTES = [
@@ -55,7 +58,7 @@ REPOSITORY_ROUTES = [
 
 
 def _version(request: web.Request) -> ModelVersion:
-    return request.app[STATE].registry.get(request.match_info["name"], request.match_info.get("version"))
+    return find_version(request.app[STATE].registry, request.match_info["name"], request.match_info.get("version"))
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -110,11 +113,28 @@ async def model_config(request: web.Request) -> web.Response:
 
 
 async def infer(request: web.Request) -> web.StreamResponse:
-    return await serve_inference(request, Protocol.OIP_V2)
+    return await serve_inference(request, Protocol.OIP_V2, {EXPLAIN_HEADER: "False"})
 
 
 async def v1_predict(request: web.Request) -> web.StreamResponse:
-    return await serve_inference(request, Protocol.KSERVE_V1)
+    return await serve_inference(request, Protocol.KSERVE_V1, {EXPLAIN_HEADER: "False"})
+
+
+def _as_explanations(response: web.Response) -> web.Response:
+    """The worker answers KServe v1 as ``{"predictions": [...]}``; ``:explain`` answers ``{"explanations": [...]}``."""
+    try:
+        answer = json.loads(response.body) if isinstance(response.body, bytes) else None
+    except ValueError:
+        return response
+    if not isinstance(answer, dict) or set(answer) != {"predictions"}:
+        return response
+    response.body = json.dumps({"explanations": answer["predictions"]}).encode()
+    return response
+
+
+async def v1_explain(request: web.Request) -> web.StreamResponse:
+    """KServe v1 ``:explain``: the handler is told to explain by the ``explain: True`` header, as TorchServe does."""
+    return await serve_inference(request, Protocol.KSERVE_V1, {EXPLAIN_HEADER: "True"}, _as_explanations)
 
 
 async def v1_status(request: web.Request) -> web.Response:
@@ -132,6 +152,7 @@ def add_inference_routes(app: web.Application) -> None:
         router.add_post(prefix + "/infer", infer)
     router.add_get("/v1/models/{name}", v1_status)
     router.add_post(r"/v1/models/{name:[^/:]+}:predict", v1_predict)
+    router.add_post(r"/v1/models/{name:[^/:]+}:explain", v1_explain)
 
 
 # ---- repository extension (management port) -------------------------------------------------------------------

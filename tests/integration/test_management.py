@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -66,11 +67,44 @@ def test_register_sync_describe_and_predict(server: ServerProcess) -> None:
     assert register(server, "url=fn.mar&synchronous=true").status == 409
 
 
+def test_register_waits_for_the_workers_by_default(server: ServerProcess) -> None:
+    response = register(server, "url=page0.mar&initial_workers=1")
+    assert response.status == 200, response.text
+    assert response.json() == {"status": 'Model "page0" Version: 1.0 registered with 1 initial workers'}
+    # answered once the worker is up: it serves at once
+    described = server.manage("GET", "/models/page0").json()[0]
+    assert [w["status"] for w in described["workers"]] == ["READY"]
+    assert server.predict("page0", b"now").body == b"now"
+    assert server.manage("DELETE", "/models/page0").json() == {"status": 'Model "page0" unregistered'}
+
+
 def test_register_async_returns_202_then_becomes_ready(server: ServerProcess) -> None:
-    response = register(server, "url=sleepy.mar")
+    response = register(server, "url=sleepy.mar&synchronous=false")
     assert response.status == 202
+    assert response.json() == {"status": "Processing worker updates..."}
     wait_for(lambda: server.manage("GET", "/models/sleepy").json()[0]["status"] == "READY", 60, "sleepy ready")
     assert server.predict("sleepy", b"0").status == 200
+
+
+def test_register_with_no_worker_answers_at_once(server: ServerProcess) -> None:
+    for query in ("url=page1.mar&initial_workers=0", "url=page2.mar&synchronous=false&initial_workers=-1"):
+        response = register(server, query)
+        assert response.status == 200, response.text
+        assert response.json()["status"].endswith(
+            "registered with 0 initial workers. Use scale workers API to add workers for the model."
+        )
+    assert server.manage("GET", "/models/page1").json()[0]["workers"] == []
+    for name in ("page1", "page2"):
+        assert server.manage("DELETE", f"/models/{name}").status == 200
+
+
+def test_register_ignores_parameters_that_are_not_numbers_as_torchserve_does(server: ServerProcess) -> None:
+    response = register(server, "url=page0.mar&initial_workers=abc&batch_size=dd&max_batch_delay=junk")
+    assert response.status == 200, response.text
+    described = server.manage("GET", "/models/page0").json()[0]
+    assert described["minWorkers"] == 0  # the store archive's own minWorkers
+    assert (described["batchSize"], described["maxBatchDelay"]) == (1, 100)
+    assert server.manage("DELETE", "/models/page0").status == 200
 
 
 @pytest.mark.parametrize(
@@ -78,9 +112,9 @@ def test_register_async_returns_202_then_becomes_ready(server: ServerProcess) ->
     [
         ("", 400, "url"),
         ("url=missing.mar", 404, "not found"),
+        ("url=", 404, "empty url"),
         ("url=../echo.mar", 400, "file name inside the model store"),
         ("url=echo.mar&runtime=java", 400, "runtime"),
-        ("url=echo.mar&initial_workers=abc", 400, "integer"),
         ("url=http://example.invalid/m.mar", 403, "allowed_urls"),
     ],
 )
@@ -92,9 +126,11 @@ def test_register_errors(server: ServerProcess, query: str, status: int, text: s
 
 
 def test_register_failing_model_is_rolled_back_with_its_error(server: ServerProcess) -> None:
-    response = register(server, "url=broken.mar&synchronous=true")
+    response = register(server, "url=broken.mar")
     assert response.status == 500
-    assert "weights are corrupt" in response.json()["message"]
+    message = response.json()["message"]
+    assert message.startswith("Failed to start workers for model broken version: 1.0: ")
+    assert "weights are corrupt" in message
     assert server.manage("GET", "/models/broken").status == 404
 
 
@@ -112,13 +148,20 @@ def test_two_versions_served_at_once_and_set_default(server: ServerProcess) -> N
         response = call("POST", f"{server.inference}/predictions/multi/{version}", b"x")
         assert response.status == 200
     assert call("POST", f"{server.inference}/predictions/multi/3.0", b"x").status == 404
-    assert server.manage("PUT", "/models/multi/2.0/set-default").status == 200
+    assert server.manage("PUT", "/models/multi/2.0/set-default").json() == {
+        "status": 'Default version successfully updated for model "multi" to "2.0"'
+    }
     assert server.manage("GET", "/models/multi").json()[0]["modelVersion"] == "2.0"
-    assert server.manage("PUT", "/models/multi/7.0/set-default").status == 404
-    assert server.manage("PUT", "/models/nope/1.0/set-default").status == 404
+    unknown_version = server.manage("PUT", "/models/multi/7.0/set-default")
+    assert unknown_version.status == 404
+    assert unknown_version.json()["type"] == "ModelVersionNotFoundException"
+    assert unknown_version.json()["message"] == "Model version 7.0 does not exist for model multi"
+    assert server.manage("PUT", "/models/nope/1.0/set-default").json()["message"] == "Model not found: nope"
     # the default cannot go while another version remains
     refused = server.manage("DELETE", "/models/multi/2.0")
     assert refused.status == 403
+    assert refused.json()["type"] == "InvalidModelVersionException"
+    assert refused.json()["message"].startswith("Cannot remove default version for model multi")
     assert server.manage("DELETE", "/models/multi/1.0").status == 200
     assert server.manage("DELETE", "/models/multi").status == 200
     assert server.manage("GET", "/models/multi").status == 404
@@ -137,6 +180,71 @@ def test_scale_sync_and_async(server: ServerProcess) -> None:
     assert server.manage("PUT", "/models/echo/9.9?min_worker=1").status == 404
     assert server.manage("PUT", "/models/nope?min_worker=1").status == 404
     assert server.predict("echo", b"still here").body == b"still here"
+
+
+def test_scale_defaults_are_torchserve_s(server: ServerProcess) -> None:
+    assert server.manage("PUT", "/models/echo?min_worker=2&max_worker=3&synchronous=true").status == 200
+    # no min_worker means one worker, no max_worker means the minimum; "synchronous" is true only as "true"
+    response = server.manage("PUT", "/models/echo?synchronous=TRUE")
+    assert response.status == 200
+    assert response.json() == {"status": "Workers scaled to 1 for model: echo"}
+    described = server.manage("GET", "/models/echo").json()[0]
+    assert (described["minWorkers"], described["maxWorkers"], len(described["workers"])) == (1, 1, 1)
+    assert server.manage("PUT", "/models/echo?min_worker=1&synchronous=yes").status == 202
+    assert server.manage("PUT", "/models/echo?min_worker=nan&max_worker=1&synchronous=true").json() == {
+        "status": "Workers scaled to 1 for model: echo"
+    }
+    response = server.manage("PUT", "/models/echo/1.0?min_worker=1&synchronous=true")
+    assert response.json() == {"status": "Workers scaled to 1 for model: echo, version: 1.0"}
+    unknown = server.manage("PUT", "/models/echo/9.9?min_worker=1")
+    assert unknown.json() == {"code": 404, "type": "ModelVersionNotFoundException",
+                              "message": "Model version: 9.9 does not exist for model: echo"}  # fmt: skip
+    assert server.manage("PUT", "/models/echo?min_worker=2&max_worker=1").json()["message"] == (
+        "max_worker cannot be less than min_worker."
+    )
+
+
+TORCHSERVE_DESCRIBE_KEYS = [
+    "modelName", "modelVersion", "modelUrl", "runtime", "minWorkers", "maxWorkers", "batchSize", "maxBatchDelay",
+    "responseTimeout", "startupTimeout", "maxRetryTimeoutInSec", "clientTimeoutInMills", "parallelType",
+    "parallelLevel", "deviceType", "continuousBatching", "useJobTicket", "useVenv", "stateful", "sequenceMaxIdleMSec",
+    "sequenceTimeoutMSec", "maxNumSequence", "maxSequenceJobQueueSize", "loadedAtStartup", "workers", "jobQueueStatus",
+]  # fmt: skip
+
+
+def test_describe_has_torchserve_s_keys_then_ours(server: ServerProcess) -> None:
+    described = server.manage("GET", "/models/echo").json()[0]
+    assert list(described)[: len(TORCHSERVE_DESCRIBE_KEYS)] == TORCHSERVE_DESCRIBE_KEYS
+    assert {"handler", "status"} <= set(described)
+    assert described["loadedAtStartup"] is True and described["deviceType"] == "cpu"
+    assert (described["responseTimeout"], described["startupTimeout"], described["maxBatchDelay"]) == (120, 120, 100)
+    assert described["continuousBatching"] is False and described["parallelType"] == ""
+    worker = described["workers"][0]
+    assert list(worker) == ["id", "startTime", "status", "memoryUsage", "pid", "gpu", "gpuUsage"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", worker["startTime"]), worker["startTime"]
+    assert worker["gpu"] is False and worker["gpuUsage"] == "N/A"
+
+
+def test_trailing_slashes_reach_the_same_routes(server: ServerProcess) -> None:
+    assert server.manage("GET", "/models/").json() == server.manage("GET", "/models").json()
+    assert server.manage("GET", "/models/echo/").json()[0]["modelName"] == "echo"
+    assert server.manage("GET", "/models/echo/1.0//").json()[0]["modelVersion"] == "1.0"
+    assert server.manage("GET", "/models/echo/all/").status == 200
+    assert server.manage("PUT", "/models/echo/?min_worker=1&synchronous=true").status == 200
+    assert register(server, "url=page0.mar").status == 200
+    assert server.manage("POST", "/models/?url=page0.mar").status == 409
+    assert server.manage("DELETE", "/models/page0/1.0/").json() == {"status": 'Model "page0" unregistered'}
+    assert server.manage("POST", "/v2/repository/index/").status == 200
+    assert server.manage("GET", "/api-description/").status == 200
+    # what is not there stays a clear 404 or 405, slash or not
+    missing = server.manage("GET", "/models/nope/")
+    assert missing.json() == {"code": 404, "type": "ModelNotFoundException", "message": "Model not found: nope"}
+    no_route = server.manage("GET", "/nothing/")
+    assert no_route.status == 404 and no_route.json()["type"] == "ResourceNotFoundException"
+    wrong_method = server.manage("PATCH", "/models/")
+    assert wrong_method.status == 405 and {"GET", "POST"} <= {
+        m.strip() for m in wrong_method.headers["allow"].split(",")
+    }
 
 
 def test_scale_down_under_load_loses_no_request(server: ServerProcess) -> None:
@@ -188,7 +296,8 @@ def test_unregister_lets_in_flight_requests_finish(server: ServerProcess) -> Non
 
 
 def test_unknown_routes_and_methods(server: ServerProcess) -> None:
-    assert call("GET", server.inference + "/nothing").status == 404
+    no_route = call("GET", server.inference + "/nothing")
+    assert no_route.status == 404 and no_route.json()["type"] == "ResourceNotFoundException"
     assert call("GET", server.inference + "/predictions/echo").status == 405
     response = server.manage("PATCH", "/models")
     assert response.status == 405 and response.json()["code"] == 405

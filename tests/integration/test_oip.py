@@ -90,7 +90,7 @@ def test_tritonclient_defaults_match_onnxruntime(server: ServerProcess, onnx_fil
     assert np.allclose(result.as_numpy("y"), expected, atol=1e-6)
     versioned = client.infer("affine", [item], model_version="1.0", outputs=[httpclient.InferRequestedOutput("y")])
     assert np.allclose(versioned.as_numpy("y"), expected, atol=1e-6)
-    with pytest.raises(InferenceServerException, match="no version"):
+    with pytest.raises(InferenceServerException, match="does not exist"):
         client.infer("affine", [item], model_version="9")
     client.close()
 
