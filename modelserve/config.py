@@ -35,6 +35,8 @@ IGNORED_TORCHSERVE_KEYS = frozenset({
     "default_service_handler", "enable_envvars_config", "metrics_format", "workflow_store",
     "use_native_io", "io_ratio", "prefer_direct_buffer", "metrics_config", "enable_metrics_api_plugin",
     "plugins_path", "disable_system_metrics", "model_server_home", "keep_alive_timeout", "ts_log_level",
+    # written by TorchServe into its snapshot files, next to the settings
+    "python", "tsConfigFile", "version",
 })  # fmt: skip
 
 _NO_GRPC = (

@@ -21,16 +21,15 @@ def test_startup_models_take_load_models_the_models_key_and_a_torchserve_snapsho
         "tuned": {"1.0": {"batchSize": 4, "maxBatchDelay": 7, "responseTimeout": 33, "startupTimeout": 44}},
         "multi": {"2.0": {"defaultVersion": True}},
     }
-    snapshot = {
-        "name": "20240101000000000-shutdown.cfg",
-        "modelCount": 1,
-        "models": {"restored": {"1.0": {"defaultVersion": True, "marName": "restored.mar", "minWorkers": 0,
-                                        "maxWorkers": 0, "batchSize": 3, "maxBatchDelay": 9, "responseTimeout": 11}}},
-    }  # fmt: skip
     config = (
         "load_models=tuned.mar,multi.mar,multi-2.0.mar\n"
         f"models={json.dumps(models)}\n"
-        f"model_snapshot={json.dumps(snapshot)}\n"
+        # as TorchServe 0.12 writes it into logs/config/*-snapshot.cfg: properties escapes, one line
+        r'model_snapshot={\n  "name"\: "20261202004920040-shutdown.cfg",\n  "modelCount"\: 1,\n  "created"\: '
+        r'1796172560040,\n  "models"\: {\n    "restored"\: {\n      "1.0"\: {\n        "defaultVersion"\: true,\n  '
+        r'      "marName"\: "restored.mar",\n        "minWorkers"\: 0,\n        "maxWorkers"\: 0,\n        '
+        r'"batchSize"\: 3,\n        "maxBatchDelay"\: 9,\n        "responseTimeout"\: 11,\n        '
+        r'"startupTimeout"\: 120,\n        "runtimeType"\: "python"\n      }\n    }\n  }\n}' + "\n"
     )
     with running_server(tmp_path, store, [], config=config) as server:
         tuned = server.manage("GET", "/models/tuned").json()[0]
