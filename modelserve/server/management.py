@@ -35,23 +35,27 @@ MIN_TIMEOUT_S = 0.001  # the shortest responseTimeout / startupTimeout a model c
 
 REGISTER_PARAMS = (
     Param("url", description="archive file name in the model store, or an allowed http(s) URL", required=True),
-    Param("model_name"), Param("initial_workers", kind="integer"), Param("synchronous", kind="boolean"),
+    Param("model_name"), Param("initial_workers", kind="integer"),
+    Param("synchronous", kind="boolean", description="answer once the workers are up (default true)"),
     Param("batch_size", kind="integer"), Param("max_batch_delay", kind="integer"),
     Param("response_timeout", kind="integer"), Param("startup_timeout", kind="integer"), Param("handler"),
     Param("runtime"),
 )  # fmt: skip
-SCALE_PARAMS = (Param("min_worker", kind="integer"), Param("max_worker", kind="integer"),
-                Param("synchronous", kind="boolean"))  # fmt: skip
+SCALE_PARAMS = (Param("min_worker", kind="integer", description="minimum workers (default 1)"),
+                Param("max_worker", kind="integer", description="maximum workers (default min_worker)"),
+                Param("synchronous", kind="boolean", description="answer once scaled (default false)"))  # fmt: skip
 ROUTES = [
     *DESCRIBE_ROUTES,
     RouteDoc("GET", "/models", "List models (default versions)",
              (Param("limit", kind="integer"), Param("next_page_token")), {200: "Models"}),
     RouteDoc("POST", "/models", "Register a model version", REGISTER_PARAMS,
-             {200: "Registered", 202: "Accepted", 400: "Bad request", 404: "Archive not found",
+             {200: "Registered, workers up", 202: "Accepted (synchronous=false)", 400: "Bad request",
+              404: "Archive not found",
               405: "Model API disabled", 409: "Already registered", 500: "Load failed"}),
     RouteDoc("GET", "/models/{name}", "Describe the default version", (name_param(),),
              {200: "Description", 404: "Unknown"}),
-    RouteDoc("PUT", "/models/{name}", "Scale the default version", (name_param(), *SCALE_PARAMS),
+    RouteDoc("PUT", "/models/{name}", "Scale the default version",
+             (name_param(), *SCALE_PARAMS, Param("model_version", description="the version to scale")),
              {200: "Scaled", 202: "Accepted", 400: "Bad request", 404: "Unknown"}),
     RouteDoc("DELETE", "/models/{name}", "Unregister the default version", (name_param(),),
              {200: "Unregistered", 403: "Default version in use", 404: "Unknown", 405: "Model API disabled"}),
@@ -155,6 +159,16 @@ def _register_options(request: web.Request) -> RegisterOptions:
     )
 
 
+async def _roll_back(state: ServerState, version: ModelVersion) -> None:
+    """A version whose workers cannot start goes again, as in TorchServe (the default passes to another version)."""
+    registry = state.registry
+    others = [v.version for v in registry.models.get(version.name, {}).values() if v is not version]
+    if others and registry.defaults.get(version.name) == version.version:
+        registry.set_default(version.name, others[0])
+    with contextlib.suppress(ModelServeError):
+        await registry.unregister(version.name, version.version)
+
+
 def _load_failure(version: ModelVersion, error: Exception) -> ModelLoadError:
     return ModelLoadError(f"Failed to start workers for model {version.name} version: {version.version}: {error}")
 
@@ -188,9 +202,7 @@ async def register_model(request: web.Request) -> web.Response:
     try:
         await version.wait_ready()
     except ModelLoadError as exc:
-        # a version whose workers cannot start is rolled back, as TorchServe does
-        with contextlib.suppress(ModelServeError):
-            await state.registry.unregister(version.name, version.version)
+        await _roll_back(state, version)
         raise _load_failure(version, exc) from None
     state.save_snapshot()
     return web.json_response({"status": registered})
