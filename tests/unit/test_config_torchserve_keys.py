@@ -1,4 +1,4 @@
-"""TorchServe's config.properties keys: models, model_snapshot, metrics_mode, load_models, gRPC, and where the file is."""
+"""TorchServe keys in config.properties: models, model_snapshot, metrics_mode, load_models, gRPC; which file."""
 
 from __future__ import annotations
 
