@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -76,31 +78,54 @@ _JAVA_INT = re.compile(r"^[+-]?[0-9]{1,10}$")
 _INT_RANGE = range(-(2**31), 2**31)
 
 
-def _int_param(request: web.Request, key: str, default: int | None = None) -> int | None:
-    raw = request.query.get(key)
+Params = Mapping[str, str]
+
+
+def _int_param(params: Params, key: str, default: int | None = None) -> int | None:
+    raw = params.get(key)
     if raw is None:
         return default
     if _JAVA_INT.match(raw) and int(raw) in _INT_RANGE:
         return int(raw)
-    log.warning("%s %s: parameter %s=%r is not an integer, so it is ignored (as TorchServe does)",
-                request.method, request.path, key, raw)  # fmt: skip
+    log.warning("parameter %s=%r is not an integer, so it is ignored (as TorchServe does)", key, raw)
     return default
 
 
-def _bool_param(request: web.Request, key: str, default: bool) -> bool:
-    raw = request.query.get(key)
+def _bool_param(params: Params, key: str, default: bool) -> bool:
+    raw = params.get(key)
     if raw is None:
         return default
     return raw.lower() == "true"
 
 
+async def _register_params(request: web.Request) -> Params:
+    """The query string, or (as TorchServe takes it too) a JSON object body with the same keys."""
+    if request.content_type != "application/json":
+        return request.query
+    try:
+        body = json.loads(await request.read())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequestError(f"registration body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError('a JSON registration body is an object such as {"url": "model.mar"}')
+    params: dict[str, str] = {}
+    for key, value in body.items():
+        if isinstance(value, bool):
+            params[key] = "true" if value else "false"
+        elif isinstance(value, (str, int, float)):
+            params[key] = str(value)
+        elif value is not None:
+            raise InvalidRequestError(f"registration parameter {key!r} must be a string, number or boolean")
+    return params
+
+
 async def list_models(request: web.Request) -> web.Response:
     """TorchServe's paging: at most 100 per page; ``nextPageToken`` whenever the page did not run past the end."""
     registry = request.app[STATE].registry
-    limit = _int_param(request, "limit", 100) or 0
+    limit = _int_param(request.query, "limit", 100) or 0
     if limit > 100 or limit < 0:
         limit = 100
-    start = max(_int_param(request, "next_page_token", 0) or 0, 0)
+    start = max(_int_param(request.query, "next_page_token", 0) or 0, 0)
     names = sorted(registry.models)
     last = start + limit
     body: dict[str, Any] = {}
@@ -129,8 +154,8 @@ async def _fetch_source(state: ServerState, url: str) -> ModelSource:
     return state.store.resolve(url)
 
 
-def _timeout_param(request: web.Request, key: str) -> float | None:
-    value = _int_param(request, key)
+def _timeout_param(params: Params, key: str) -> float | None:
+    value = _int_param(params, key)
     if value is None or value == -1:  # TorchServe's "not given"
         return None
     # 0 asks for no time at all, which TorchServe takes (and then fails every worker start, or every request):
@@ -138,20 +163,20 @@ def _timeout_param(request: web.Request, key: str) -> float | None:
     return MIN_TIMEOUT_S if value == 0 else float(value)
 
 
-def _register_options(request: web.Request) -> RegisterOptions:
-    batch_size = _int_param(request, "batch_size")
-    max_batch_delay = _int_param(request, "max_batch_delay")
+def _register_options(params: Params) -> RegisterOptions:
+    batch_size = _int_param(params, "batch_size")
+    max_batch_delay = _int_param(params, "max_batch_delay")
     overrides = {
         "batchSize": None if batch_size == -1 else batch_size,  # TorchServe's values for "not given"
         "maxBatchDelay": None if max_batch_delay == -100 else max_batch_delay,
-        "responseTimeout": _timeout_param(request, "response_timeout"),
-        "startupTimeout": _timeout_param(request, "startup_timeout"),
+        "responseTimeout": _timeout_param(params, "response_timeout"),
+        "startupTimeout": _timeout_param(params, "startup_timeout"),
     }
-    initial_workers = _int_param(request, "initial_workers")
+    initial_workers = _int_param(params, "initial_workers")
     return RegisterOptions(
-        model_name=request.query.get("model_name") or None,
-        handler=request.query.get("handler") or None,
-        runtime=request.query.get("runtime") or None,
+        model_name=params.get("model_name") or None,
+        handler=params.get("handler") or None,
+        runtime=params.get("runtime") or None,
         # TorchServe starts no worker for a negative count
         initial_workers=None if initial_workers is None else max(initial_workers, 0),
         synchronous=False,  # waited for here, so that a failure can name the version
@@ -177,14 +202,15 @@ async def register_model(request: web.Request) -> web.Response:
     """Register a version; by default (as in TorchServe) answer once its workers are up."""
     state = request.app[STATE]
     _require_model_api(state)
-    url = request.query.get("url")
+    params = await _register_params(request)
+    url = params.get("url")
     if url is None:
         raise InvalidRequestError("Parameter url is required.")
     url = url.strip()
     if not url:
         raise ModelNotFoundError("Model not found at: (empty url)")
-    options = _register_options(request)
-    synchronous = _bool_param(request, "synchronous", True)
+    options = _register_options(params)
+    synchronous = _bool_param(params, "synchronous", True)
     source = await _fetch_source(state, url)
     try:
         version = await state.registry.register(source, options)
@@ -275,15 +301,15 @@ async def scale_model(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     asked_version = request.match_info.get("version") or request.query.get("model_version") or None
     version = find_version(state.registry, name, asked_version)
-    min_workers = _int_param(request, "min_worker", 1)
+    min_workers = _int_param(request.query, "min_worker", 1)
     assert min_workers is not None
-    max_workers = _int_param(request, "max_worker", min_workers)
+    max_workers = _int_param(request.query, "max_worker", min_workers)
     assert max_workers is not None
     if max_workers < min_workers:
         raise InvalidRequestError("max_worker cannot be less than min_worker.")
     if min_workers < 0:
         raise InvalidRequestError(f"min_worker must not be negative, got {min_workers}")
-    synchronous = _bool_param(request, "synchronous", False)
+    synchronous = _bool_param(request.query, "synchronous", False)
     try:
         await state.registry.scale(version, min_workers, max_workers, synchronous)
     except ModelLoadError as exc:

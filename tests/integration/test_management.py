@@ -78,6 +78,21 @@ def test_register_waits_for_the_workers_by_default(server: ServerProcess) -> Non
     assert server.manage("DELETE", "/models/page0").json() == {"status": 'Model "page0" unregistered'}
 
 
+def test_register_takes_a_json_body_as_torchserve_does(server: ServerProcess) -> None:
+    def post_json(body: bytes) -> Response:
+        headers = {**server.auth(), "Content-Type": "application/json"}
+        return call("POST", server.management + "/models", body, headers, timeout=120)
+
+    response = post_json(json.dumps({"url": "page0.mar", "initial_workers": 1, "synchronous": True}).encode())
+    assert response.status == 200, response.text
+    assert response.json() == {"status": 'Model "page0" Version: 1.0 registered with 1 initial workers'}
+    assert server.manage("DELETE", "/models/page0").status == 200
+    for bad, text in ((b"{nope", "not valid JSON"), (b'["page0.mar"]', "object"), (b'{"url": ["a"]}', "'url'")):
+        refused = post_json(bad)
+        assert refused.status == 400 and text in refused.json()["message"], refused.text
+    assert post_json(b'{"model_name": "x"}').json()["message"] == "Parameter url is required."
+
+
 def test_register_async_returns_202_then_becomes_ready(server: ServerProcess) -> None:
     response = register(server, "url=sleepy.mar&synchronous=false")
     assert response.status == 202
