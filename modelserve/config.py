@@ -113,6 +113,9 @@ def _model_specs(value: str) -> list[str]:
     return ["all" if item.lower() == "all" else item for item in _list(value)]
 
 
+SERVICE_ENVELOPES = ("", "body", "json", "kserve", "kservev2")
+
+
 def _metrics_mode(value: str) -> str:
     # TorchServe ignores blanks and case here
     return _choice("".join(value.split()).lower(), ("log", "prometheus"))
@@ -172,6 +175,8 @@ class ServerConfig:
     snapshot_to_restore: dict[str, Any] | None = None
     models: ModelTable = field(default_factory=dict)
     metrics_mode: str = "prometheus"
+    # a TorchServe request envelope around every handler (ts.torch_handler.request_envelope.<name>); empty: none
+    service_envelope: str = ""
     log_location: str = "logs"
     key_file: str = "key_file.json"
     intra_op_threads: int = 0
@@ -268,6 +273,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "model_snapshot": _bool,
     "models": parse_models,
     "metrics_mode": _metrics_mode,
+    "service_envelope": lambda v: _choice(v.strip().lower(), SERVICE_ENVELOPES),
     "log_location": lambda v: v.strip() or "logs",
     "key_file": lambda v: v.strip() or "key_file.json",
     "intra_op_threads": _int_at_least(0),
@@ -351,6 +357,7 @@ class ModelConfig:
     optimize: bool = True
     handler: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    service_envelope: str = ""
 
     @classmethod
     def defaults(cls, server: ServerConfig) -> ModelConfig:
@@ -364,6 +371,7 @@ class ModelConfig:
             startup_timeout_s=server.default_startup_timeout,
             job_queue_size=server.job_queue_size,
             intra_op_threads=server.intra_op_threads,
+            service_envelope=server.service_envelope,
         )
 
     def updated(self, values: Mapping[str, Any], source: str) -> ModelConfig:

@@ -94,6 +94,7 @@ class ModelVersion:
             intra_op_threads=self.pool.thread_count(),
             worker_id=worker_id,
             python_path=self.python_path,
+            envelope=self.config.service_envelope,
         )
 
     @property

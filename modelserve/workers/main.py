@@ -102,6 +102,20 @@ def signature_of(instance: Any, model_config: dict[str, Any]) -> dict[str, Any]:
     return signature
 
 
+def _enveloped(handle: HandleFunction, name: str) -> HandleFunction:
+    """The handler's entry wrapped in TorchServe's request envelope ``name`` (from the ts package)."""
+    import importlib
+
+    from modelserve.handler import HandlerError
+
+    module = importlib.import_module(f"ts.torch_handler.request_envelope.{name}")
+    classes = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
+    if len(classes) != 1:
+        raise HandlerError(f"request envelope {name!r} defines {len(classes)} classes, expected one")
+    wrapped: HandleFunction = classes[0](handle).handle
+    return wrapped
+
+
 def _error_of(exc: BaseException) -> tuple[int, str]:
     """The status and message a handler's exception answers with."""
     if isinstance(exc, BadInputError):
@@ -148,6 +162,8 @@ class Worker:
                 sys.path.insert(0, entry)  # the model's own dependencies win over the server's environment
         expose_ts_package()  # handlers written against TorchServe import ts.*
         self.handle, self.instance = load_handler(model_dir, self.init.handler, builtin_handlers_dir())
+        if self.init.envelope:
+            self.handle = _enveloped(self.handle, self.init.envelope)
         if self.instance is not None:
             initialize = getattr(self.instance, "initialize", None)
             if callable(initialize):

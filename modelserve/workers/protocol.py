@@ -60,6 +60,7 @@ class InitMessage(Message):
     intra_op_threads: int
     worker_id: str
     python_path: list[str] = field(default_factory=list)  # directories put first on sys.path (per-model deps)
+    envelope: str = ""  # a TorchServe request envelope to wrap the handler in (service_envelope)
 
 
 @dataclass

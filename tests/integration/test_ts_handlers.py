@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,26 @@ def test_a_class_handler_without_a_base_class_reads_its_config(server: ServerPro
     assert response.status == 200, response.text
     assert response.text == "hey, you"
     assert (SUPPORT / "ts_style" / "plain_class_handler.py").is_file()
+
+
+DOUBLE_HANDLER = """
+def handle(data, context):
+    if data is None:
+        return None
+    return [item * 2 for item in data]
+"""
+
+
+def test_service_envelope_json_reshapes_requests_and_answers(tmp_path: Path) -> None:
+    store = tmp_path / "model_store"
+    store.mkdir()
+    handler = tmp_path / "double_handler.py"
+    handler.write_text(DOUBLE_HANDLER)
+    make_archive(store, "double", str(handler))
+    with running_server(tmp_path, store, ["double=double.mar"], extra_args=["--ncs"],
+                        config="service_envelope=json\n") as server:  # fmt: skip
+        response = server.predict("double", b'{"instances": [1, 2.5, "ab"]}', JSON)
+        assert response.status == 200, response.text
+        assert response.json() == {"predictions": [2, 5.0, "abab"]}
+        refused = server.predict("double", b'{"rows": [1]}', JSON)
+        assert refused.status == 400 and "instances" in refused.json()["message"]
