@@ -17,6 +17,7 @@ from modelserve.models.version import ModelVersion
 from modelserve.server.errors import error_middleware
 from modelserve.server.inference import add_description_routes
 from modelserve.server.openapi import DESCRIBE_ROUTES, RouteDoc
+from modelserve.server.routing import accept_trailing_slashes
 from modelserve.server.state import STATE, ServerState
 from modelserve.stats import Histogram
 
@@ -151,4 +152,5 @@ def create_metrics_app(state: ServerState) -> web.Application:
     app[STATE] = state
     add_description_routes(app, "Metrics API", ROUTES)
     app.router.add_get("/metrics", metrics)
+    accept_trailing_slashes(app)
     return app

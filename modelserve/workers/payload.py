@@ -62,6 +62,9 @@ def decode_request(body: bytes, content_type: str) -> dict[str, Any]:
         form = parse_form(body)
         if form is not None:
             return form
+    if media.startswith("text/"):
+        text = _maybe_text(body)  # TorchServe hands text bodies over as str (bytes when not UTF-8)
+        return {"body": text, "data": text}
     return {"body": body, "data": body}
 
 

@@ -101,6 +101,11 @@ def test_system_metrics_are_present(server: ServerProcess) -> None:
     assert 0.0 <= samples[("modelserve_system_cpu_utilization_ratio", ())] <= 1.0
 
 
+def test_metrics_route_accepts_a_trailing_slash(server: ServerProcess) -> None:
+    response = call("GET", f"{server.metrics}/metrics/")
+    assert response.status == 200 and b"modelserve_uptime_seconds" in response.body
+
+
 def test_unregistered_model_leaves_no_stale_series(server: ServerProcess) -> None:
     server.predict("batchy", b"x")
     assert any(lab == labels("batchy") for _, lab in scrape(server))

@@ -53,3 +53,17 @@ def test_a_body_that_is_no_form_stays_raw(body: bytes) -> None:
 def test_other_types_are_unchanged() -> None:
     assert decode_request(b"a=1", "application/octet-stream") == {"body": b"a=1", "data": b"a=1"}
     assert decode_request(b'{"a": 1}', "application/json") == {"body": {"a": 1}, "data": {"a": 1}}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "expected"),
+    [
+        ("text/plain", b"caf\xc3\xa9", "café"),  # text arrives as str, as TorchServe hands it over
+        ("text/csv; charset=utf-8", b"a,b\n1,2", "a,b\n1,2"),
+        ("text/plain", b"\xff\xfe not utf-8", b"\xff\xfe not utf-8"),  # bytes when it is not UTF-8
+        ("application/octet-stream", b"caf\xc3\xa9", b"caf\xc3\xa9"),
+    ],
+)
+def test_text_bodies_are_str_when_utf8(content_type: str, body: bytes, expected: object) -> None:
+    item = decode_request(body, content_type)
+    assert item["body"] == item["data"] == expected
