@@ -370,6 +370,15 @@ def _import_file(path: Path, module_name: str) -> ModuleType:
     return module
 
 
+def _import_default(package: str, name: str) -> ModuleType | None:
+    """``package.name`` when that module exists (a default handler), else None."""
+    try:
+        found = importlib.util.find_spec(f"{package}.{name}")
+    except ImportError:
+        return None
+    return importlib.import_module(f"{package}.{name}") if found is not None else None
+
+
 def _handler_classes(module: ModuleType) -> list[type[Any]]:
     """Classes defined in ``module`` that can serve: they have ``handle`` (TorchServe needs no base class)."""
     classes = [
@@ -383,25 +392,33 @@ def _handler_classes(module: ModuleType) -> list[type[Any]]:
     return classes
 
 
-def load_handler(model_dir: Path, handler: str, builtin_dir: Path | None) -> tuple[HandleFunction, Any]:
+def load_handler(
+    model_dir: Path, handler: str, builtin_dir: Path | None, default_package: str | None = None
+) -> tuple[HandleFunction, Any]:
     """Import the handler named by the manifest and return its ``handle`` entry (and the instance, if a class).
 
-    ``handler`` is ``file.py``, ``file.py:function``, ``module:function`` or a built-in name. The entry is chosen as
+    ``handler`` is ``file.py``, ``file.py:function``, ``module:function`` or a built-in name. A file the archive holds
+    wins; else a name of ``default_package`` (TorchServe's default handlers, ``ts.torch_handler.<name>``, as TorchServe
+    resolves an archive naming ``image_classifier``); else modelserve's built-in of that name. The entry is chosen as
     TorchServe chooses it: the named function; else a module-level ``handle``; else the module's one class with a
     ``handle`` method (its ``initialize(context)`` is called by the worker, if it has one).
     """
     module_part, _, function_name = handler.partition(":")
     stem = module_part[:-3] if module_part.endswith(".py") else module_part
-    path = model_dir / f"{stem}.py"
-    if not path.is_file() and builtin_dir is not None and (builtin_dir / f"{stem}.py").is_file():
-        path = builtin_dir / f"{stem}.py"
-    if not path.is_file():
-        raise HandlerError(f"handler file {stem}.py not found in the archive")
-    # a handler file named like an installed package (onnx.py) must not shadow that package
-    module_name = stem if stem not in sys.modules and importlib.util.find_spec(stem) is None else f"_handler_{stem}"
     if str(model_dir) not in sys.path:
         sys.path.insert(0, str(model_dir))  # handlers import their sibling files, as in TorchServe
-    module = _import_file(path, module_name)
+    path = model_dir / f"{stem}.py"
+    module = None
+    if not path.is_file() and default_package and stem.isidentifier():
+        module = _import_default(default_package, stem)
+    if module is None:
+        if not path.is_file() and builtin_dir is not None and (builtin_dir / f"{stem}.py").is_file():
+            path = builtin_dir / f"{stem}.py"
+        if not path.is_file():
+            raise HandlerError(f"handler file {stem}.py not found in the archive")
+        # a handler file named like an installed package (onnx.py) must not shadow that package
+        module_name = stem if stem not in sys.modules and importlib.util.find_spec(stem) is None else f"_handler_{stem}"
+        module = _import_file(path, module_name)
     if function_name:
         entry = getattr(module, function_name, None)
         if not callable(entry):

@@ -39,6 +39,8 @@ from modelserve.workers.protocol import (
 
 log = logging.getLogger("modelserve.worker")
 
+TORCHSERVE_DEFAULT_HANDLERS = "ts.torch_handler"
+
 
 class Channel:
     """Blocking frame I/O over the worker's end of the socket pair."""
@@ -160,8 +162,11 @@ class Worker:
         for entry in reversed(self.init.python_path):
             if entry not in sys.path:
                 sys.path.insert(0, entry)  # the model's own dependencies win over the server's environment
-        expose_ts_package()  # handlers written against TorchServe import ts.*
-        self.handle, self.instance = load_handler(model_dir, self.init.handler, builtin_handlers_dir())
+        expose_ts_package()  # handlers written against TorchServe import ts.*; a real TorchServe's ts wins
+        # an archive naming one of TorchServe's default handlers without carrying it gets TorchServe's (ts.*)
+        self.handle, self.instance = load_handler(
+            model_dir, self.init.handler, builtin_handlers_dir(), default_package=TORCHSERVE_DEFAULT_HANDLERS
+        )
         if self.init.envelope:
             self.handle = _enveloped(self.handle, self.init.envelope)
         if self.instance is not None:
