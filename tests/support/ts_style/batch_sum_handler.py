@@ -1,6 +1,8 @@
-"""A batching handler: one result per request, in order, each telling the batch size it was part of."""
+"""A batching handler: one result per request, in order, each telling the batch size it was part of (modelserve
+sends a batch as soon as a worker is free, TorchServe waits up to maxBatchDelay for a full one)."""
 
 import json
+import time
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ class BatchSumHandler(BaseHandler):
         return torch.tensor(values, dtype=torch.float64)
 
     def inference(self, data: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        time.sleep(0.3)  # a busy worker: requests arriving meanwhile queue, and go together in the next batch
         return data.sum(dim=1)
 
     def postprocess(self, data: torch.Tensor) -> list[Any]:
