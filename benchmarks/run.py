@@ -240,17 +240,30 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def modelserve_server(store: Path, models: list[str], tag: str = "modelserve") -> Server:
+def modelserve_server(store: Path, models: list[str], tag: str = "modelserve", source: Path | None = None) -> Server:
+    """modelserve from this checkout, or (``source``) from another checkout of it: the same venv, that code first."""
     ports = {key: free_port() for key in ("inference", "management", "metrics")}
     config = WORK / f"{tag}.properties"
     config.write_text("".join(f"{k}_address=http://127.0.0.1:{p}\n" for k, p in ports.items()))
 
     def command() -> list[tuple[list[str], dict[str, str]]]:
-        return [([str(BIN / "modelserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
+        env = clean_env(PYTHONPATH=str(source)) if source is not None else clean_env()
+        return [([str(PYTHON), "-m", "modelserve.cli", "--start", "--foreground", "--ncs", "--disable-token-auth",
                   "--model-store", str(store), "--ts-config", str(config), "--pid-file", str(WORK / f"{tag}.pid"),
-                  "--models", *[f"{m}={m}.mar" for m in models]], clean_env())]  # fmt: skip
+                  "--models", *[f"{m}={m}.mar" for m in models]], env)]  # fmt: skip
 
     return Server(tag, command, lambda m: f"http://127.0.0.1:{ports['inference']}/predictions/{m}")
+
+
+def baseline_checkout(commit: str) -> tuple[str, Path]:
+    """A detached worktree of ``commit`` under work/, to run the code before a change beside the code after it."""
+    sha = subprocess.run(["git", "rev-parse", "--short", commit], capture_output=True, text=True, cwd=REPO,
+                         check=True).stdout.strip()  # fmt: skip
+    path = WORK / f"baseline-{sha}"
+    if not (path / "modelserve").is_dir():
+        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(path), sha], cwd=REPO, check=True,
+                       capture_output=True)  # fmt: skip
+    return f"modelserve@{sha}", path
 
 
 def torchserve_server(store: Path, venv: Path) -> Server:
@@ -525,6 +538,7 @@ def main() -> int:
     parser.add_argument("--servers", default="modelserve,torchserve,litserve")
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--baseline", metavar="COMMIT", help="also run modelserve at COMMIT, alternating with it")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.rounds, args.servers, args.skip_scaling = 1.0, 1, "modelserve", True
@@ -543,6 +557,10 @@ def main() -> int:
     if "litserve" in wanted:
         lit_venv = ensure_venv("litserve", ["litserve==0.2.19", "pillow", "numpy"])
         factories["litserve"] = lambda: litserve_server(assets, lit_venv)
+    if args.baseline:
+        tag, source = baseline_checkout(args.baseline)
+        factories[tag] = lambda: modelserve_server(modelserve_store(assets), list(MODEL_CONFIG), tag, source)
+        wanted.insert(wanted.index("modelserve") + 1 if "modelserve" in wanted else 0, tag)
     names = [n for n in wanted if n in factories]
     log("checking that every server gives the same answers")
     answers: dict[str, Any] = {}
@@ -569,7 +587,8 @@ def main() -> int:
     }
     per_round: dict[str, list[float]] = {label: [] for label in w2_limits}
     for round_index in range(args.rounds):
-        for name in names:
+        # every other round runs the servers in reverse order (A B C, C B A, ...): no server is always first
+        for name in names if round_index % 2 == 0 else names[::-1]:
             log(f"round {round_index + 1}: {name}")
             sweep = sweeps[name] if round_index == 0 and not args.quick else None
             measure_server(factories[name](), assets, args.duration, WORKLOADS, raw[name], sweep)
