@@ -25,6 +25,14 @@ def test_wheel_installs_and_archives_with_a_builtin_handler(tmp_path: Path) -> N
     wheel = next(dist.glob("modelserve-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "modelserve/builtin_handlers/image_classifier.py" in names
+    # the ts compatibility package travels as data of modelserve, never as a top-level ts package
+    compat = sorted(n for n in names if n.startswith("modelserve/_compat/ts/") and n.endswith(".py"))
+    source_root = REPO / "modelserve"
+    expected = sorted(
+        f"modelserve/{f.relative_to(source_root).as_posix()}" for f in source_root.glob("_compat/**/*.py")
+    )
+    assert compat == expected
+    assert not any(n.startswith("ts/") for n in names)
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     installed = subprocess.run(
@@ -44,3 +52,10 @@ def test_wheel_installs_and_archives_with_a_builtin_handler(tmp_path: Path) -> N
         assert json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]["handler"] == "image_classifier.py"
         source = archive.read("image_classifier.py")
     assert source == (REPO / "handlers" / "image_classifier.py").read_bytes()
+    exposed = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-c",
+         "from modelserve.tscompat import expose_ts_package; assert expose_ts_package(); "
+         "import ts.context, ts.version; print(ts.version.__version__)"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert exposed.returncode == 0 and exposed.stdout.strip() == "0.12.0", exposed.stderr
