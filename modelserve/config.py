@@ -185,7 +185,12 @@ class ServerConfig:
     header_timeout: float = 10.0
     max_model_load_failures: int = 3
     url_download_timeout: float = 60.0
+    url_connect_timeout: float = 10.0
+    url_idle_timeout: float = 30.0
     max_archive_size: int = 16 << 30
+    # public keys (OpenSSH or PEM files, comma-separated) whose archive signatures are trusted
+    trusted_archive_keys: list[str] = field(default_factory=list)
+    require_signed_archives: bool = False
     use_worker_template: bool = True
     log_level: str = "INFO"
     log_format: str = "plain"
@@ -282,7 +287,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "header_timeout": _float_at_least(0.1),
     "max_model_load_failures": _int_at_least(1),
     "url_download_timeout": _float_at_least(0.1),
+    "url_connect_timeout": _float_at_least(0.1),
+    "url_idle_timeout": _float_at_least(0.1),
     "max_archive_size": _int_at_least(1),
+    "trusted_archive_keys": lambda v: [k.strip() for k in v.split(",") if k.strip()],
+    "require_signed_archives": _bool,
     "use_worker_template": _bool,
     "log_level": lambda v: _choice(v.strip().upper(), ("DEBUG", "INFO", "WARNING", "ERROR")),
     "log_format": lambda v: _choice(v.strip().lower(), ("plain", "json")),
