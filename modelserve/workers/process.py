@@ -166,6 +166,9 @@ class WorkerProcess:
         except OSError as exc:
             parent_sock.close()
             raise WorkerLoadError(f"cannot start a worker process: {exc}") from exc
+        except BaseException:
+            parent_sock.close()  # cancelled while starting: the caller kills the process, the socket goes here
+            raise
         finally:
             child_sock.close()
         self._log_tasks = [
@@ -174,9 +177,13 @@ class WorkerProcess:
         ]
         loop = asyncio.get_running_loop()
         self._first = loop.create_future()
-        transport, _ = await loop.create_unix_connection(
-            lambda: _FrameReader(self._on_frame, self._on_closed), sock=parent_sock
-        )
+        try:
+            transport, _ = await loop.create_unix_connection(
+                lambda: _FrameReader(self._on_frame, self._on_closed), sock=parent_sock
+            )
+        except BaseException:
+            parent_sock.close()
+            raise
         self._transport = transport
         self._send(init)
         try:

@@ -195,6 +195,7 @@ class WorkerTemplate:
         self._spawns: deque[asyncio.Future[int]] = deque()
         self._children: dict[int, ForkedProcess] = {}
         self._early_exits: dict[int, int] = {}
+        self._abandoned: set[int] = set()  # forked for a spawn that was given up, killed, exit not yet reported
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.available = False
@@ -233,11 +234,14 @@ class WorkerTemplate:
                 break
             message = json.loads(line)
             if "exited" in message:
-                child = self._children.pop(int(message["exited"]), None)
+                pid = int(message["exited"])
+                child = self._children.pop(pid, None)
                 if child is not None:
                     child._set_exit(int(message["status"]))
+                elif pid in self._abandoned:
+                    self._abandoned.discard(pid)
                 else:
-                    self._early_exits[int(message["exited"])] = int(message["status"])
+                    self._early_exits[pid] = int(message["status"])
             elif self._spawns:
                 future = self._spawns.popleft()
                 if not future.done():
@@ -253,31 +257,60 @@ class WorkerTemplate:
             child._set_exit(-signal.SIGKILL)
 
     async def spawn(self, worker_fd: int, env: Mapping[str, str]) -> ForkedProcess:
-        """Fork a worker that serves ``worker_fd``; raise OSError when the template cannot."""
+        """Fork a worker that serves ``worker_fd``; raise OSError when the template cannot.
+
+        Cancelled or timed out while the template forks, nothing stays behind: the pipes' read ends are closed, and
+        the worker the template forks anyway is killed when its pid arrives.
+        """
         if not self.available or self._sock is None:
             raise OSError("worker template is not running")
         loop = asyncio.get_running_loop()
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
+        readers: list[int] = [out_read, err_read]  # read ends not yet owned by a pipe transport
+        future: asyncio.Future[int] | None = None
         try:
-            async with self._lock:
-                future: asyncio.Future[int] = loop.create_future()
-                self._spawns.append(future)
-                payload = json.dumps({"env": dict(env)}).encode() + b"\n"
-                fds = array.array("i", [worker_fd, out_write, err_write])
-                self._sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
-                pid = await asyncio.wait_for(future, 30)
-        finally:
-            os.close(out_write)
-            os.close(err_write)
-        stdout = await _pipe_reader(out_read)
-        stderr = await _pipe_reader(err_read)
+            try:
+                async with self._lock:
+                    future = loop.create_future()
+                    self._spawns.append(future)
+                    payload = json.dumps({"env": dict(env)}).encode() + b"\n"
+                    fds = array.array("i", [worker_fd, out_write, err_write])
+                    self._sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+                    # shielded: a cancelled spawn still learns the pid, to kill what the template forked
+                    pid = await asyncio.wait_for(asyncio.shield(future), 30)
+            finally:
+                os.close(out_write)
+                os.close(err_write)
+            stdout = await _pipe_reader(readers.pop(0))
+            stderr = await _pipe_reader(readers.pop(0))
+        except BaseException:
+            for fd in readers:
+                os.close(fd)
+            if future is not None:
+                future.add_done_callback(self._kill_abandoned)
+            raise
         child = ForkedProcess(pid, self, stdout, stderr)
         if pid in self._early_exits:
             child._set_exit(self._early_exits.pop(pid))
         else:
             self._children[pid] = child
         return child
+
+    def _kill_abandoned(self, future: asyncio.Future[int]) -> None:
+        """A worker whose spawn was given up: kill it once forked, and forget its exit."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        pid = future.result()
+        child = self._children.pop(pid, None)
+        if child is not None:
+            child.kill()
+            return
+        if self._early_exits.pop(pid, None) is not None:
+            return
+        self._abandoned.add(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
     async def stop(self) -> None:
         self.available = False
@@ -299,9 +332,15 @@ class WorkerTemplate:
 
 
 async def _pipe_reader(fd: int) -> asyncio.StreamReader:
+    """A reader on the pipe's read end ``fd``, which it owns from now on (closed here if it cannot be read)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    except BaseException:
+        pipe.close()
+        raise
     return reader
 
 
