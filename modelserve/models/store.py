@@ -5,22 +5,26 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-import re
 import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+
+import aiohttp
+import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from modelserve.errors import ForbiddenError, InvalidRequestError, ModelNotFoundError
+from modelserve.models.urls import RemoteUrl, check_url_allowed, looks_like_url, parse_remote_url
 
 ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz", ".zip")
 MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a version's archive came from: ``url`` as the user gave it, ``path`` on disk."""
+    """Where a version's archive came from: ``url`` as shown (normalised, credentials redacted), ``path`` on disk."""
 
     url: str
     path: Path
@@ -63,75 +67,157 @@ class ModelStore:
 
 
 def is_remote(url: str) -> bool:
-    return urlsplit(url).scheme in ("http", "https")
+    """A ``scheme://`` value: a URL to download (refused unless http or https), not a file of the model store."""
+    return looks_like_url(url)
 
 
-def check_url_allowed(url: str, allowed_patterns: list[str]) -> None:
-    """Default deny: the URL must match one of ``allowed_urls`` (regular expressions, whole-string match)."""
-    if not allowed_patterns:
-        raise ForbiddenError("registering models from URLs is disabled (allowed_urls is empty)")
-    for pattern in allowed_patterns:
+@dataclass(frozen=True)
+class DownloadLimits:
+    """Bounds of one download: its size, a total deadline, and how long connecting and each read may wait."""
+
+    max_bytes: int
+    total_s: float
+    connect_s: float = 10.0
+    idle_s: float = 30.0
+
+
+class PinnedResolver(AbstractResolver):
+    """Answers only with the addresses checked just before: no second lookup between the check and the connect."""
+
+    def __init__(self) -> None:
+        self.pinned: dict[tuple[str, int], list[ResolveResult]] = {}
+
+    async def pin(self, url: RemoteUrl) -> None:
+        """Resolve ``url``'s host once, refuse forbidden addresses, and keep the answer for the connection."""
+        if _is_ip_literal(url.host):
+            _check_address(url.host, ipaddress.ip_address(url.host))
+            return
+        loop = asyncio.get_running_loop()
         try:
-            if re.fullmatch(pattern, url):
-                return
-        except re.error:
-            continue
-    raise ForbiddenError(f"url {url!r} does not match allowed_urls")
+            infos = await loop.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise InvalidRequestError(f"cannot resolve {url.host}: {exc.strerror or exc}") from None
+        results: list[ResolveResult] = []
+        for family, _, proto, _, address in infos:
+            _check_address(url.host, ipaddress.ip_address(address[0]))
+            results.append({"hostname": url.host, "host": str(address[0]), "port": url.port, "family": family,
+                            "proto": proto, "flags": socket.AI_NUMERICHOST})  # fmt: skip
+        self.pinned[(url.host, url.port)] = results
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = self.pinned.get((host, port))
+        if not found:
+            raise OSError(f"{host}:{port} was not checked before connecting")
+        return found
+
+    async def close(self) -> None:
+        return None
 
 
-async def _resolves_to_allowed_address(host: str) -> None:
-    loop = asyncio.get_running_loop()
+def _is_ip_literal(host: str) -> bool:
     try:
-        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise InvalidRequestError(f"cannot resolve {host}: {exc}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if address.is_unspecified or address.is_multicast:
-            raise ForbiddenError(f"{host} resolves to a forbidden address {address}")
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
-async def download(
-    url: str, allowed_patterns: list[str], dest_dir: Path, max_bytes: int, timeout_s: float
-) -> ModelSource:
-    """Fetch an archive over HTTP(S), checking every hop against ``allowed_urls`` before any byte is written."""
-    import aiohttp
-    import yarl
+def _check_address(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    if address.is_unspecified or address.is_multicast:
+        raise ForbiddenError(f"{host} resolves to a forbidden address {address}")
 
-    check_url_allowed(url, allowed_patterns)
-    current = url
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+def _auth_for(current: RemoteUrl, first: RemoteUrl) -> aiohttp.BasicAuth | None:
+    """Credentials go only to the origin they were written for (a redirect elsewhere does not get them)."""
+    owner = current if current.has_credentials else first if current.origin == first.origin else None
+    if owner is None or not owner.has_credentials:
+        return None
+    try:
+        return aiohttp.BasicAuth(owner.username or "", owner.password or "")
+    except ValueError as exc:
+        raise InvalidRequestError(f"url credentials cannot be sent: {exc}") from None
+
+
+async def download(url: str, allowed_patterns: list[str], dest_dir: Path, limits: DownloadLimits) -> ModelSource:
+    """Fetch an archive over HTTP(S): every hop normalised and checked against ``allowed_urls`` before it is requested.
+
+    The URL requested is exactly the normalised one that was checked. Every way it can fail has its own message: a
+    host that does not accept or does not answer, a download that stalls, runs past the total deadline or grows past
+    ``max_archive_size``.
+    """
+    first = parse_remote_url(url)
+    check_url_allowed(first, allowed_patterns)
+    try:
+        return await asyncio.wait_for(_fetch(first, allowed_patterns, dest_dir, limits), limits.total_s)
+    except asyncio.TimeoutError:
+        # the per-phase timeouts are turned into their own messages inside: this one is the total deadline
+        raise InvalidRequestError(
+            f"download of {first.display!r} exceeded {limits.total_s:g} s total (url_download_timeout)"
+        ) from None
+
+
+async def _fetch(first: RemoteUrl, allowed_patterns: list[str], dest_dir: Path, limits: DownloadLimits) -> ModelSource:
+    resolver = PinnedResolver()
+    connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_s, sock_read=limits.idle_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        current = first
         for _ in range(MAX_REDIRECTS + 1):
-            parts = urlsplit(current)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ForbiddenError(f"redirect to unsupported url {current!r}")
-            await _resolves_to_allowed_address(parts.hostname)
+            await resolver.pin(current)
+            answered = False
             try:
-                async with session.get(current, allow_redirects=False) as response:
-                    if response.status in (301, 302, 303, 307, 308):
-                        location = response.headers.get("Location", "")
-                        current = str(response.url.join(yarl.URL(location)))
+                target = yarl.URL(current.canonical, encoded=True)
+                async with session.get(target, allow_redirects=False, auth=_auth_for(current, first)) as response:
+                    answered = True
+                    if response.status in _REDIRECT_STATUSES:
+                        location = response.headers.get("Location")
+                        if not location:
+                            raise InvalidRequestError(f"{current.display!r} redirects without a Location header")
+                        current = current.join(location)
                         check_url_allowed(current, allowed_patterns)
                         continue
                     if response.status != 200:
-                        raise InvalidRequestError(f"download of {url!r} failed with HTTP {response.status}")
-                    if (response.content_length or 0) > max_bytes:
-                        raise InvalidRequestError(f"archive at {url!r} is larger than {max_bytes} bytes")
-                    name = os.path.basename(parts.path) or "model.mar"
-                    fd, temp = tempfile.mkstemp(prefix="download-", suffix="-" + name, dir=dest_dir)
-                    written = 0
-                    try:
-                        with os.fdopen(fd, "wb") as out:
-                            async for chunk in response.content.iter_chunked(1 << 20):
-                                written += len(chunk)
-                                if written > max_bytes:
-                                    raise InvalidRequestError(f"archive at {url!r} is larger than {max_bytes} bytes")
-                                out.write(chunk)
-                    except BaseException:
-                        Path(temp).unlink(missing_ok=True)
-                        raise
-                    return ModelSource(url=url, path=Path(temp), downloaded=True)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise InvalidRequestError(f"download of {url!r} failed: {exc or type(exc).__name__}") from None
-    raise InvalidRequestError(f"too many redirects fetching {url!r}")
+                        raise InvalidRequestError(f"download of {current.display!r} failed with HTTP {response.status}")
+                    return await _save(first, current, response, dest_dir, limits.max_bytes)
+            except aiohttp.ConnectionTimeoutError:
+                raise InvalidRequestError(
+                    f"could not connect to {current.authority} within {limits.connect_s:g} s"
+                ) from None
+            except aiohttp.ServerTimeoutError:
+                if not answered:
+                    raise InvalidRequestError(
+                        f"no response from {current.authority} within {limits.idle_s:g} s"
+                    ) from None
+                raise InvalidRequestError(
+                    f"download from {current.authority} stalled: no data for {limits.idle_s:g} s"
+                ) from None
+            except aiohttp.ClientError as exc:
+                raise InvalidRequestError(
+                    f"download of {current.display!r} failed: {exc or type(exc).__name__}"
+                ) from None
+    raise InvalidRequestError(f"too many redirects (more than {MAX_REDIRECTS}) fetching {first.display!r}")
+
+
+async def _save(
+    first: RemoteUrl, current: RemoteUrl, response: aiohttp.ClientResponse, dest_dir: Path, max_bytes: int
+) -> ModelSource:
+    too_big = f"archive at {current.display!r} is larger than max_archive_size ({max_bytes} bytes)"
+    if (response.content_length or 0) > max_bytes:
+        raise InvalidRequestError(too_big)
+    # the file name only keeps the suffix the reader may look at; it is never trusted as a path
+    name = os.path.basename(current.path)[-64:] or "model.mar"
+    fd, temp = tempfile.mkstemp(prefix="download-", suffix="-" + name, dir=dest_dir)
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in response.content.iter_chunked(1 << 20):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise InvalidRequestError(too_big)
+                out.write(chunk)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return ModelSource(url=first.display, path=Path(temp), downloaded=True)

@@ -22,7 +22,7 @@ from modelserve.errors import (
     VersionNotFoundError,
 )
 from modelserve.models.registry import RegisterOptions
-from modelserve.models.store import ModelSource, download, is_remote
+from modelserve.models.store import DownloadLimits, ModelSource, download, is_remote
 from modelserve.models.version import ModelVersion
 from modelserve.server.auth import token_middleware
 from modelserve.server.errors import DefaultVersionInUseError, error_middleware
@@ -147,10 +147,10 @@ def _require_model_api(state: ServerState) -> None:
 
 async def _fetch_source(state: ServerState, url: str) -> ModelSource:
     if is_remote(url):
-        return await download(
-            url, state.config.allowed_urls, state.registry.work_dir, state.config.max_archive_size,
-            state.config.url_download_timeout,
-        )  # fmt: skip
+        config = state.config
+        limits = DownloadLimits(max_bytes=config.max_archive_size, total_s=config.url_download_timeout,
+                                connect_s=config.url_connect_timeout, idle_s=config.url_idle_timeout)  # fmt: skip
+        return await download(url, config.allowed_urls, state.registry.work_dir, limits)
     return state.store.resolve(url)
 
 
