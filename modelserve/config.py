@@ -22,6 +22,17 @@ import yaml
 from modelserve.errors import ConfigError
 from modelserve.model_settings import ModelTable, parse_models, parse_snapshot, snapshot_entries
 from modelserve.properties import parse_properties
+from modelserve.validation import (
+    MAX_BATCH_DELAY_MS,
+    MAX_BATCH_SIZE,
+    MAX_JOB_QUEUE_SIZE,
+    MAX_THREADS,
+    MAX_TIMEOUT_S,
+    MAX_WORKERS,
+    parse_float,
+    parse_int,
+    parse_memory,
+)
 
 log = logging.getLogger("modelserve.config")
 
@@ -70,20 +81,14 @@ def _bool(value: str) -> bool:
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
-        number = int(value.strip())
-        if number < minimum:
-            raise ValueError(f"must be at least {minimum}, got {number}")
-        return number
+        return parse_int(value, "", minimum, 2**62)
 
     return parse
 
 
 def _float_at_least(minimum: float) -> Callable[[str], float]:
     def parse(value: str) -> float:
-        number = float(value.strip())
-        if number < minimum:
-            raise ValueError(f"must be at least {minimum:g}, got {number:g}")
-        return number
+        return parse_float(value, "", minimum, 1e15)
 
     return parse
 
@@ -145,6 +150,20 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
+WORKERS_PER_CORE = 4
+# the least memory a worker process takes (a Python interpreter with modelserve and numpy), for the default cap
+MIN_WORKER_MEMORY_BYTES = 128 << 20
+
+
+def default_max_workers_total() -> int:
+    """The default cap on worker processes: 4 per core, no more than the machine's memory can hold."""
+    import psutil
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    by_memory = psutil.virtual_memory().total // MIN_WORKER_MEMORY_BYTES
+    return max(1, min(WORKERS_PER_CORE * cores, by_memory))
+
+
 @dataclass
 class ServerConfig:
     """Every server setting, with TorchServe's key names."""
@@ -184,6 +203,8 @@ class ServerConfig:
     max_connections: int = 1024
     header_timeout: float = 10.0
     max_model_load_failures: int = 3
+    # worker processes of all models together; 0: derived from cores and memory (default_max_workers_total)
+    max_workers_total: int = 0
     url_download_timeout: float = 60.0
     url_connect_timeout: float = 10.0
     url_idle_timeout: float = 30.0
@@ -223,12 +244,23 @@ class ServerConfig:
             )
         if self.max_request_size < 1 or self.max_response_size < 1:
             raise ConfigError("max_request_size and max_response_size must be positive")
+        if self.trusted_archive_keys or self.require_signed_archives:
+            from modelserve.archive.signing import SignaturePolicy, SigningKeyError
+
+            try:  # every key file is read now, so that a bad one stops the start instead of each registration
+                SignaturePolicy.from_key_files(self.trusted_archive_keys, self.require_signed_archives)
+            except SigningKeyError as exc:
+                raise ConfigError(f"trusted_archive_keys: {exc}") from None
         if self.metrics_mode == "log":
             log.warning(
                 "metrics_mode=log: modelserve does not write metrics to log files; it always serves them in "
                 "Prometheus text format at GET /metrics on metrics_address (%s)",
                 self.metrics_address if self.enable_metrics_api else "disabled here by enable_metrics_api=false",
             )
+
+    def worker_cap(self) -> int:
+        """How many worker processes all models may run together (``max_workers_total``, else the derived cap)."""
+        return self.max_workers_total or default_max_workers_total()
 
     def model_defaults(self, name: str, version: str) -> ModelConfig:
         """A start-up version's settings before its model-config.yaml: the server defaults, then the ``models`` key."""
@@ -286,6 +318,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_connections": _int_at_least(1),
     "header_timeout": _float_at_least(0.1),
     "max_model_load_failures": _int_at_least(1),
+    "max_workers_total": _int_at_least(0),
     "url_download_timeout": _float_at_least(0.1),
     "url_connect_timeout": _float_at_least(0.1),
     "url_idle_timeout": _float_at_least(0.1),
@@ -367,6 +400,8 @@ class ModelConfig:
     handler: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
     service_envelope: str = ""
+    # workerMemoryLimit: a worker whose RSS passes it is replaced after its batch (0: no limit)
+    worker_memory_limit_bytes: int = 0
 
     @classmethod
     def defaults(cls, server: ServerConfig) -> ModelConfig:
@@ -412,26 +447,16 @@ class ModelConfig:
         return result
 
 
-def _yaml_int(minimum: int) -> Callable[[Any], int]:
+def _yaml_int(minimum: int, maximum: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ValueError(f"expected an integer, got {value!r}")
-        number = int(value)
-        if number < minimum:
-            raise ValueError(f"must be at least {minimum}, got {number}")
-        return number
+        return parse_int(value, "", minimum, maximum)
 
     return parse
 
 
-def _yaml_float(minimum: float) -> Callable[[Any], float]:
+def _yaml_float(minimum: float, maximum: float) -> Callable[[Any], float]:
     def parse(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(f"expected a number, got {value!r}")
-        number = float(value)
-        if number < minimum:
-            raise ValueError(f"must be at least {minimum:g}, got {number:g}")
-        return number
+        return parse_float(value, "", minimum, maximum)
 
     return parse
 
@@ -457,17 +482,18 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 
 _MODEL_KEYS.update({
-    "minWorkers": ("min_workers", _yaml_int(0)),
-    "maxWorkers": ("max_workers", _yaml_int(0)),
-    "batchSize": ("batch_size", _yaml_int(1)),
-    "maxBatchDelay": ("max_batch_delay_ms", _yaml_float(0)),
-    "responseTimeout": ("response_timeout_s", _yaml_float(0.001)),
-    "startupTimeout": ("startup_timeout_s", _yaml_float(0.001)),
-    "jobQueueSize": ("job_queue_size", _yaml_int(1)),
+    "minWorkers": ("min_workers", _yaml_int(0, MAX_WORKERS)),
+    "maxWorkers": ("max_workers", _yaml_int(0, MAX_WORKERS)),
+    "batchSize": ("batch_size", _yaml_int(1, MAX_BATCH_SIZE)),
+    "maxBatchDelay": ("max_batch_delay_ms", _yaml_float(0, MAX_BATCH_DELAY_MS)),
+    "responseTimeout": ("response_timeout_s", _yaml_float(0.001, MAX_TIMEOUT_S)),
+    "startupTimeout": ("startup_timeout_s", _yaml_float(0.001, MAX_TIMEOUT_S)),
+    "jobQueueSize": ("job_queue_size", _yaml_int(1, MAX_JOB_QUEUE_SIZE)),
     "deviceType": ("device_type", _device),
-    "intraOpThreads": ("intra_op_threads", _yaml_int(0)),
+    "intraOpThreads": ("intra_op_threads", _yaml_int(0, MAX_THREADS)),
     "optimize": ("optimize", _yaml_bool),
     "handler": ("handler", _mapping),
+    "workerMemoryLimit": ("worker_memory_limit_bytes", lambda value: parse_memory(value, "")),
 })  # fmt: skip
 
 # TorchServe model-config keys a handler may read; kept without a warning
@@ -478,12 +504,59 @@ _KNOWN_PASSTHROUGH = frozenset({
 })  # fmt: skip
 
 
+# model-config.yaml is a few lines; these bound the parent's work on an untrusted one (a "billion laughs" file of
+# nested aliases expands to gigabytes from a few hundred bytes)
+MAX_MODEL_YAML_BYTES = 64 << 10
+MAX_MODEL_YAML_NODES = 10_000
+MAX_MODEL_YAML_DEPTH = 32
+
+
+class _PlainYamlLoader(yaml.SafeLoader):
+    """``safe_load``'s loader that also refuses anchors and aliases and counts nodes and nesting as it composes."""
+
+    def __init__(self, stream: str | bytes) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&, *, <<) are not accepted in model-config.yaml", event.start_mark
+            )
+        self._nodes += 1
+        if self._nodes > MAX_MODEL_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {MAX_MODEL_YAML_NODES} values in model-config.yaml", event.start_mark
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_MODEL_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_MODEL_YAML_DEPTH} levels in model-config.yaml",
+                    event.start_mark,
+                )  # fmt: skip
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def parse_model_yaml(text: str | bytes, source: str) -> dict[str, Any]:
-    """Parse model-config.yaml with ``yaml.safe_load`` only: object tags are refused, nothing is executed."""
+    """Parse model-config.yaml as plain data: no object tags (nothing is executed), no aliases, bounded in size.
+
+    Everything ``yaml.safe_load`` refuses is refused, and also anchors and aliases, more than MAX_MODEL_YAML_BYTES,
+    MAX_MODEL_YAML_NODES values or MAX_MODEL_YAML_DEPTH levels: the server parses it, so its cost must be bounded.
+    """
+    if len(text) > MAX_MODEL_YAML_BYTES:
+        raise ConfigError(f"{source} is larger than {MAX_MODEL_YAML_BYTES} bytes ({len(text)})")
+    loader = _PlainYamlLoader(text)
     try:
-        data = yaml.safe_load(text)
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source} is not valid YAML (only plain YAML is accepted): {exc}") from None
+    finally:
+        loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):

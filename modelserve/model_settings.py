@@ -13,19 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelserve.validation import check_name, check_version, parse_int
+
 log = logging.getLogger("modelserve.config")
 
 
 def _integer(minimum: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        # TorchServe reads these with Gson's getAsInt, which also takes a number written as a string
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {json.dumps(value)}")
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}, got {value}")
-        return value
+        # TorchServe reads these with Gson's getAsInt, which also takes a number written as a string (ASCII digits
+        # here, as everywhere: the shared rules of modelserve.validation)
+        return parse_int(value, "", minimum, 2**31 - 1)
 
     return parse
 
@@ -109,10 +106,13 @@ def _table(data: Any, where: str) -> ModelTable:
         raise ValueError(f"{where}: expected a JSON object of model names, got {json.dumps(data)[:80]}")
     table: ModelTable = {}
     for name, versions in data.items():
+        check_name(name, f"{where}: model name")
         if not isinstance(versions, dict):
             raise ValueError(f"{where}: model {name!r}: expected a JSON object of versions, got {json.dumps(versions)}")
         table[name] = {
-            str(version): _entry(entry, f"{where}: model {name!r} version {version!r}")
+            check_version(version, f"{where}: model {name!r} version"): _entry(
+                entry, f"{where}: model {name!r} version {version!r}"
+            )
             for version, entry in versions.items()
         }
     return table

@@ -59,6 +59,7 @@ class VersionStats:
         self.handler_steps: dict[str, Histogram] = {}
         self.batch_size = Histogram(tuple(float(b) for b in BATCH_BUCKETS))
         self.worker_restarts = 0
+        self.worker_recycles: Counter[str] = Counter()  # workers replaced on purpose, by reason ("memory")
         self.handler_metrics: dict[str, HandlerSeries] = {}
 
     def record_request(self, status: int, latency_s: float) -> None:

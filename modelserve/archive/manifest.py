@@ -10,9 +10,10 @@ from typing import Any
 
 from modelserve import __version__
 from modelserve.archive.errors import ManifestError
+from modelserve.validation import NAME_PATTERN, InvalidValueError, check_name
 
 MANIFEST_PATH = "MAR-INF/MANIFEST.json"
-MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+MODEL_NAME_PATTERN = re.compile(rf"^{NAME_PATTERN.pattern}\Z")
 RUNTIMES = ("python", "python3")
 
 # manifest key (inside "model") -> Manifest attribute, in the order torch-model-archiver writes them
@@ -27,13 +28,12 @@ _MODEL_KEYS = {
 }
 
 
-def check_model_name(name: str) -> None:
-    """Raise ManifestError unless ``name`` is a valid model name."""
-    if not MODEL_NAME_PATTERN.match(name):
-        raise ManifestError(
-            f"invalid model name {name!r}: it must match {MODEL_NAME_PATTERN.pattern} "
-            "(letters, digits, '_', '-', '.', starting with a letter or digit)"
-        )
+def check_model_name(name: str, field: str = "model name") -> None:
+    """Raise ManifestError unless ``name`` is a valid model name (the server's rule, modelserve.validation)."""
+    try:
+        check_name(name, field)
+    except InvalidValueError as exc:
+        raise ManifestError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,10 @@ class Manifest:
         for required in ("modelName", "handler"):
             if _MODEL_KEYS[required] not in values:
                 raise ManifestError(f"{MANIFEST_PATH}: missing field 'model.{required}'")
-        check_model_name(values["model_name"])
+        check_model_name(values["model_name"], f"model name in {MANIFEST_PATH} (model.modelName)")
+        if "model_version" in values:
+            # the version becomes part of paths, URLs, metric labels and log lines
+            check_model_name(values["model_version"], f"model version in {MANIFEST_PATH} (model.modelVersion)")
         runtime = data.get("runtime", "python")
         if runtime not in RUNTIMES:
             raise ManifestError(f"{MANIFEST_PATH}: unsupported runtime {runtime!r} (supported: {', '.join(RUNTIMES)})")

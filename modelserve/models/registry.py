@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from modelserve.archive.errors import ArchiveError
-from modelserve.archive.reader import ArchiveLimits, ExtractedArchive, extract_archive
+from modelserve.archive.reader import ArchiveLimits, ExtractedArchive
+from modelserve.archive.signing import extract_verified
 from modelserve.config import ModelConfig, ServerConfig, parse_model_yaml
 from modelserve.errors import (
     ConfigError,
@@ -24,6 +25,7 @@ from modelserve.errors import (
 from modelserve.models.dependencies import install_requirements
 from modelserve.models.store import ModelSource
 from modelserve.models.version import ModelVersion, needs_torch
+from modelserve.validation import check_handler, check_name
 from modelserve.workers.template import WorkerTemplate
 
 log = logging.getLogger("modelserve.registry")
@@ -87,6 +89,18 @@ class ModelRegistry:
     def all_versions(self) -> list[ModelVersion]:
         return [v for versions in self.models.values() for v in versions.values()]
 
+    def check_worker_cap(self, adding: int, label: str, replacing: ModelVersion | None = None) -> None:
+        """Refuse (400) a change that would run more worker processes than ``max_workers_total`` allows."""
+        running = sum(v.min_workers for v in self.all_versions() if v is not replacing)
+        before = running + (replacing.min_workers if replacing is not None else 0)
+        cap = self.server.worker_cap()
+        if running + adding > max(cap, before):  # never refuses a change that runs fewer workers than before
+            raise InvalidRequestError(
+                f"{label} asks for {adding} workers; with the {running} already running that is {running + adding}, "
+                f"more than max_workers_total={cap} (derived from this machine's cores and memory unless set in "
+                "the configuration): ask for fewer workers, scale other models down, or raise max_workers_total"
+            )
+
     def total_workers(self) -> int:
         registered = sum(v.min_workers for v in self.all_versions())
         return registered + self.startup_pending * max(1, self.server.default_workers_per_model)
@@ -130,14 +144,29 @@ class ModelRegistry:
     async def _register(self, source: ModelSource, options: RegisterOptions, pending: list[bool]) -> ModelVersion:
         if options.runtime is not None and options.runtime not in ("python", "python3"):
             raise InvalidRequestError(f"unsupported runtime {options.runtime!r} (supported: python)")
+        if options.model_name is not None:
+            check_name(options.model_name)
         try:
-            extracted = await asyncio.to_thread(extract_archive, source.path, self.work_dir, self.limits)
+            # the signature is checked here, on the extracted files, before any handler code can run
+            extracted = await asyncio.to_thread(extract_verified, source.path, self.work_dir, self.limits, self.server)
         except ArchiveError as exc:
             raise InvalidRequestError(f"cannot load {source.url}: {exc}") from None
         try:
-            config = self._model_config(extracted, options)
+            # every path from here on removes what it made when it fails, whatever the error
+            return await self._configure_and_start(source, options, pending, extracted)
+        except BaseException:
+            extracted.cleanup()
+            raise
+
+    async def _configure_and_start(
+        self, source: ModelSource, options: RegisterOptions, pending: list[bool], extracted: ExtractedArchive
+    ) -> ModelVersion:
+        try:
+            # off the event loop: the archive's YAML is untrusted (bounded by parse_model_yaml, still not free)
+            config = await asyncio.to_thread(self._model_config, extracted, options)
             name = options.model_name or extracted.manifest.model_name
             version_name = extracted.manifest.model_version
+            check_handler(options.handler or extracted.manifest.handler, extracted.root)
             if version_name in self.models.get(name, {}):  # checked again under the lock
                 raise ModelAlreadyExistsError(f"model {name} version {version_name} is already registered")
             deps = await install_requirements(
@@ -147,6 +176,7 @@ class ModelRegistry:
             async with self._lock:
                 if version_name in self.models.get(name, {}):
                     raise ModelAlreadyExistsError(f"model {name} version {version_name} is already registered")
+                self.check_worker_cap(config.min_workers, f"model {name} version {version_name}")
                 version = ModelVersion(
                     name=name, version=version_name, url=source.url, extracted=extracted, config=config,
                     loaded_at_startup=options.loaded_at_startup,
@@ -159,23 +189,23 @@ class ModelRegistry:
                 if pending[0]:  # from now on its workers count as registered ones
                     self.startup_pending = max(0, self.startup_pending - 1)
                     pending[0] = False
-        except (ConfigError, ModelAlreadyExistsError, ModelLoadError, OSError, asyncio.CancelledError) as exc:
-            extracted.cleanup()
-            if isinstance(exc, ConfigError):
-                raise InvalidRequestError(str(exc)) from None
-            raise
+        except ConfigError as exc:
+            raise InvalidRequestError(str(exc)) from None
         log.info("registered %s version %s from %s (%d workers)", name, version_name, source.url, config.min_workers)
-        await version.start(config.min_workers)
-        if options.synchronous:
-            try:
-                await version.wait_ready()
-            except ModelLoadError as exc:
-                if options.loaded_at_startup:
-                    # a startup model stays visible as FAILED, with its error in the description
-                    log.error("model %s version %s FAILED: %s", name, version_name, exc)
-                    return version
-                await self._remove(version)
-                raise
+        try:
+            await version.start(config.min_workers)
+            if options.synchronous:
+                try:
+                    await version.wait_ready()
+                except ModelLoadError as exc:
+                    if options.loaded_at_startup:
+                        # a startup model stays visible as FAILED, with its error in the description
+                        log.error("model %s version %s FAILED: %s", name, version_name, exc)
+                        return version
+                    raise
+        except BaseException:
+            await self._remove(version)
+            raise
         return version
 
     # ---- changes ------------------------------------------------------------------------------------------------
@@ -214,6 +244,7 @@ class ModelRegistry:
             raise InvalidRequestError("min_worker and max_worker must not be negative")
         if max_workers < min_workers:
             raise InvalidRequestError(f"max_worker ({max_workers}) must not be less than min_worker ({min_workers})")
+        self.check_worker_cap(min_workers, f"scaling model {version.name} version {version.version}", version)
         await version.scale(min_workers, max_workers)
         if synchronous:
             await version.pool.wait_ready(version.config.startup_timeout_s)

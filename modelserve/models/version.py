@@ -72,6 +72,7 @@ class ModelVersion:
                 response_timeout_s=config.response_timeout_s,
                 startup_timeout_s=config.startup_timeout_s,
                 max_load_failures=max_load_failures,
+                memory_limit_bytes=config.worker_memory_limit_bytes,
             ),
             stats=self.stats,
             make_init=self._init_message,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import signal
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from modelserve.server.inference import create_inference_app
 from modelserve.server.management import create_management_app
 from modelserve.server.metrics_app import create_metrics_app
 from modelserve.server.state import ServerState
+from modelserve.server.workdir import WorkDir, remove_stale
 
 log = logging.getLogger("modelserve.server")
 
@@ -74,7 +73,9 @@ class Server:
     def __init__(self, config: ServerConfig, options: StartupOptions) -> None:
         self.config = config
         self.options = options
-        self.work_dir = Path(tempfile.mkdtemp(prefix="modelserve-work-"))
+        remove_stale()  # what servers killed before they could clean up left behind (never a live server's)
+        self._work = WorkDir()  # locked while this server lives
+        self.work_dir = self._work.path
         store = ModelStore(Path(config.model_store) if config.model_store else None)
         snapshot_path = Path(config.log_location) / "config" / "snapshot.json" if options.snapshot else None
         self.state = ServerState(
@@ -209,7 +210,7 @@ class Server:
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self._work.remove()
         log.info("modelserve stopped")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -30,6 +31,16 @@ from modelserve.server.inference import add_description_routes, find_version
 from modelserve.server.openapi import DESCRIBE_ROUTES, Param, RouteDoc, name_param, version_param
 from modelserve.server.routing import accept_trailing_slashes
 from modelserve.server.state import STATE, ServerState
+from modelserve.validation import (
+    MAX_BATCH_DELAY_MS,
+    MAX_BATCH_SIZE,
+    MAX_TIMEOUT_S,
+    MAX_WORKERS,
+    InvalidValueError,
+    check_name,
+    looks_numeric,
+    parse_int,
+)
 
 log = logging.getLogger("modelserve.management")
 
@@ -72,22 +83,26 @@ ROUTES = [
 ]  # fmt: skip
 
 
-# TorchServe's reading of query parameters: an integer that does not parse counts as absent (it never answers 400
-# for one), and a boolean is true only when it says "true" in any case, as Java's Boolean.parseBoolean has it
-_JAVA_INT = re.compile(r"^[+-]?[0-9]{1,10}$")
-_INT_RANGE = range(-(2**31), 2**31)
+# TorchServe's reading of query parameters: a value that is no number at all (``dd``, ``nan``) counts as absent, as
+# there; a boolean is true only when it says "true" in any case, as Java's Boolean.parseBoolean has it. A value
+# meant as a number (it has digits) must be a valid one within the setting's range, else 400 (modelserve.validation):
+# ``1e309``, full-width digits, ``2.5`` or ``batch_size=1000000000`` are refused, never half-read.
+_JAVA_INT = re.compile(r"[+-]?[0-9]{1,10}")
+_INT32 = (-(2**31), 2**31 - 1)
 
 
 Params = Mapping[str, str]
 
 
-def _int_param(params: Params, key: str, default: int | None = None) -> int | None:
+def _int_param(
+    params: Params, key: str, default: int | None = None, minimum: int = _INT32[0], maximum: int = _INT32[1]
+) -> int | None:
     raw = params.get(key)
     if raw is None:
         return default
-    if _JAVA_INT.match(raw) and int(raw) in _INT_RANGE:
-        return int(raw)
-    log.warning("parameter %s=%r is not an integer, so it is ignored (as TorchServe does)", key, raw)
+    if _JAVA_INT.fullmatch(raw) or looks_numeric(raw):
+        return parse_int(raw, f"parameter {key}", minimum, maximum)
+    log.warning("parameter %s=%s is not an integer, so it is ignored (as TorchServe does)", key, ascii(raw))
     return default
 
 
@@ -112,6 +127,8 @@ async def _register_params(request: web.Request) -> Params:
     for key, value in body.items():
         if isinstance(value, bool):
             params[key] = "true" if value else "false"
+        elif isinstance(value, float) and not math.isfinite(value):  # 1e309 in JSON reads as inf
+            raise InvalidValueError(f"registration parameter {key!r} must be a finite number")
         elif isinstance(value, (str, int, float)):
             params[key] = str(value)
         elif value is not None:
@@ -155,7 +172,7 @@ async def _fetch_source(state: ServerState, url: str) -> ModelSource:
 
 
 def _timeout_param(params: Params, key: str) -> float | None:
-    value = _int_param(params, key)
+    value = _int_param(params, key, minimum=-1, maximum=int(MAX_TIMEOUT_S))
     if value is None or value == -1:  # TorchServe's "not given"
         return None
     # 0 asks for no time at all, which TorchServe takes (and then fails every worker start, or every request):
@@ -164,17 +181,19 @@ def _timeout_param(params: Params, key: str) -> float | None:
 
 
 def _register_options(params: Params) -> RegisterOptions:
-    batch_size = _int_param(params, "batch_size")
-    max_batch_delay = _int_param(params, "max_batch_delay")
+    # -1 and -100 are TorchServe's values for "not given"; anything else out of range is a 400
+    batch_size = _int_param(params, "batch_size", minimum=-1, maximum=MAX_BATCH_SIZE)
+    max_batch_delay = _int_param(params, "max_batch_delay", minimum=-100, maximum=int(MAX_BATCH_DELAY_MS))
     overrides = {
         "batchSize": None if batch_size == -1 else batch_size,  # TorchServe's values for "not given"
         "maxBatchDelay": None if max_batch_delay == -100 else max_batch_delay,
         "responseTimeout": _timeout_param(params, "response_timeout"),
         "startupTimeout": _timeout_param(params, "startup_timeout"),
     }
-    initial_workers = _int_param(params, "initial_workers")
+    initial_workers = _int_param(params, "initial_workers", maximum=MAX_WORKERS)
+    model_name = params.get("model_name") or None
     return RegisterOptions(
-        model_name=params.get("model_name") or None,
+        model_name=None if model_name is None else check_name(model_name),
         handler=params.get("handler") or None,
         runtime=params.get("runtime") or None,
         # TorchServe starts no worker for a negative count
@@ -301,9 +320,9 @@ async def scale_model(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     asked_version = request.match_info.get("version") or request.query.get("model_version") or None
     version = find_version(state.registry, name, asked_version)
-    min_workers = _int_param(request.query, "min_worker", 1)
+    min_workers = _int_param(request.query, "min_worker", 1, maximum=MAX_WORKERS)
     assert min_workers is not None
-    max_workers = _int_param(request.query, "max_worker", min_workers)
+    max_workers = _int_param(request.query, "max_worker", min_workers, maximum=MAX_WORKERS)
     assert max_workers is not None
     if max_workers < min_workers:
         raise InvalidRequestError("max_worker cannot be less than min_worker.")

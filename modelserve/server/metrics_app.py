@@ -83,6 +83,11 @@ class ServerCollector(Collector):
         restarts = CounterMetricFamily(
             "modelserve_worker_restarts", "Workers replaced after dying", labels=VERSION_LABELS
         )
+        recycles = CounterMetricFamily(
+            "modelserve_worker_recycles",
+            "Workers replaced on purpose after a batch (reason: memory, over workerMemoryLimit)",
+            labels=[*VERSION_LABELS, "reason"],
+        )
         rss = GaugeMetricFamily("modelserve_worker_rss_bytes", "Resident memory of each worker",
                                 labels=[*VERSION_LABELS, "worker_id"])  # fmt: skip
         ready = GaugeMetricFamily("modelserve_model_ready", "1 when the version is READY", labels=VERSION_LABELS)
@@ -90,6 +95,8 @@ class ServerCollector(Collector):
             labels = [v.name, v.version]
             live.add_metric(labels, v.pool.ready_count())
             restarts.add_metric(labels, v.stats.worker_restarts)
+            for reason in sorted({"memory", *v.stats.worker_recycles}):
+                recycles.add_metric([*labels, reason], v.stats.worker_recycles[reason])
             ready.add_metric(labels, 1.0 if v.state.value == "READY" else 0.0)
             for worker in v.pool.workers():
                 if worker.pid is None or not worker.alive:
@@ -98,7 +105,7 @@ class ServerCollector(Collector):
                     rss.add_metric([*labels, worker.worker_id], psutil.Process(worker.pid).memory_info().rss)
                 except psutil.Error:
                     continue
-        yield from (live, restarts, rss, ready)
+        yield from (live, restarts, recycles, rss, ready)
 
     def _handler_families(self, versions: list[ModelVersion]) -> Iterator[Metric]:
         families: dict[str, Metric] = {}

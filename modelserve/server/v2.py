@@ -15,6 +15,7 @@ from modelserve.models.version import ModelVersion, VersionState
 from modelserve.server.inference import EXPLAIN_HEADER, find_version, serve_inference
 from modelserve.server.openapi import Param, RouteDoc, name_param
 from modelserve.server.state import STATE, ServerState
+from modelserve.validation import check_name
 from modelserve.workers.protocol import Protocol
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
@@ -195,7 +196,7 @@ def _require_model_api(state: ServerState) -> None:
 async def repository_load(request: web.Request) -> web.Response:
     state = request.app[STATE]
     _require_model_api(state)
-    name = request.match_info["name"]
+    name = check_name(request.match_info["name"])  # the same rules as every registration (400 naming it)
     if name in state.registry.models:
         return web.json_response({})
     archive = _store_names(state).get(name)

@@ -30,6 +30,8 @@ log = logging.getLogger("modelserve.pool")
 # batches outstanding at one worker: the next waits in its socket while the current one computes
 PIPELINE_DEPTH = 2
 BACKOFF_S = (0.1, 0.1, 0.2, 0.3, 0.5, 0.8, 1.3, 2.1, 3.4, 5.5)
+# why a slot let its worker go on purpose (a reason its _serve returns)
+RECYCLE_MEMORY = "memory"
 _batch_ids = itertools.count(1)
 
 
@@ -45,6 +47,7 @@ class PoolSettings:
     response_timeout_s: float
     startup_timeout_s: float
     max_load_failures: int
+    memory_limit_bytes: int = 0  # workerMemoryLimit: recycle a worker over it after its batch (0: no limit)
 
 
 class _Slot:
@@ -74,21 +77,33 @@ class _Slot:
             if worker is None:
                 return
             started = time.monotonic()
+            recycle = False
             try:
                 reason = await self._serve(worker)
-                if reason is not None:
-                    log.warning("worker %s died: %s", worker.worker_id, reason)
-                # the batches it held fail with the reason its reply reader sees (the exit status, usually)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._quiet.wait(), 2.0)
+                recycle = reason == RECYCLE_MEMORY
+                if recycle:
+                    # it takes no new batch; the ones it holds finish normally, then it exits cleanly
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._quiet.wait(), PIPELINE_DEPTH * self.pool.settings.response_timeout_s
+                        )
+                else:
+                    if reason is not None:
+                        log.warning("worker %s died: %s", worker.worker_id, reason)
+                    # the batches it held fail with the reason its reply reader sees (the exit status, usually)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._quiet.wait(), 2.0)
             finally:
                 self.accepting = False
-                if self.stopping:
+                if self.stopping or recycle:
                     await worker.stop()
                 else:
                     await worker.kill()
             if self.stopping:
                 return
+            if recycle:
+                self.pool.stats.worker_recycles[RECYCLE_MEMORY] += 1
+                continue  # replaced at once: no back-off, nothing died
             self.pool.stats.worker_restarts += 1
             # a worker that lived a while earns a fresh back-off
             deaths = 1 if time.monotonic() - started > 30 else deaths + 1
@@ -173,6 +188,8 @@ class _Slot:
             self.outstanding -= 1
             try:
                 self._deliver(worker, live, dispatch.sent, reply, error)
+                if error is None:
+                    self._check_memory(worker)
             finally:
                 if self.outstanding == 0:
                     self._quiet.set()
@@ -181,6 +198,17 @@ class _Slot:
 
         message = InferMessage(batch_id=next(_batch_ids), requests=[job.request for job in live])
         worker.submit(Dispatch(message, pool.settings.response_timeout_s, prune, done))
+
+    def _check_memory(self, worker: WorkerProcess) -> None:
+        """After a batch: a worker over workerMemoryLimit takes no more batches and is replaced once it is done."""
+        limit = self.pool.settings.memory_limit_bytes
+        if not limit or worker is not self.worker or self._down is None or self._down.done():
+            return
+        rss = worker.rss_bytes()
+        if rss > limit:
+            log.warning("worker %s uses %d bytes, more than workerMemoryLimit (%d): it is replaced after its batch",
+                        worker.worker_id, rss, limit)  # fmt: skip
+            self._mark_down(RECYCLE_MEMORY)
 
     def _deliver(
         self,

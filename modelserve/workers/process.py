@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+import psutil
+
 from modelserve.errors import WorkerDiedError, WorkerLoadError, WorkerTimeoutError
 from modelserve.workers.protocol import (
     LENGTH,
@@ -130,6 +132,7 @@ class WorkerProcess:
         self._pending: deque[Dispatch] = deque()  # sent to the worker, not yet answered (at most one)
         self._armed: deque[Dispatch] = deque()  # formed, waiting for the worker to finish the current batch
         self._kill_task: asyncio.Task[None] | None = None
+        self._ps: psutil.Process | None = None
 
     @property
     def pid(self) -> int | None:
@@ -138,6 +141,17 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
+
+    def rss_bytes(self) -> int:
+        """The worker's resident memory now (0 when it cannot be read)."""
+        if self.pid is None or not self.alive:
+            return 0
+        try:
+            if self._ps is None or self._ps.pid != self.pid:
+                self._ps = psutil.Process(self.pid)
+            return int(self._ps.memory_info().rss)
+        except psutil.Error:
+            return 0
 
     async def start(
         self,

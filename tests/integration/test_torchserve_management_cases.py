@@ -16,12 +16,16 @@ How the run is reproduced here:
   that serves the same file names (densenet161.mar, and a 404 for invalid-resnet-18.mar), allowed by
   ``allowed_urls`` (TorchServe allows every URL by default, modelserve none).
 
-Two cases answer differently on purpose; their rows say why:
+Four cases answer differently on purpose; their rows say why:
 
 * case 4, registering from a URL a model that is already registered: TorchServe saves every download into the
   model store and refuses one whose file name is taken there, with a 500 ("Model file already exists
   densenet161.mar"). modelserve keeps downloads out of the model store, so the conflict it finds is the version
   already registered: 409, a client error.
+* case 29, registering with a ``handler`` path that is not a file of the archive: TorchServe takes a handler path
+  from anywhere on the server's disk, and registers it (it fails only once a worker tries to load it). modelserve
+  loads handlers only from inside the archive or from its built-ins, and refuses the registration: 400 (so case
+  30, which unregisters what case 29 registered, finds nothing: 404).
 * case 69, scaling to ``min_worker=-1``: TorchServe's worker loop indexes a list with -1 and answers 500
   (IndexOutOfBoundsException). Bad input gets a 400 here.
 """
@@ -59,7 +63,7 @@ class Case:
         assert self.ours == self.torchserve or self.number in DIFFERENT_ON_PURPOSE, self
 
 
-DIFFERENT_ON_PURPOSE = {4, 69}
+DIFFERENT_ON_PURPOSE = {4, 29, 30, 69}
 SQ = "squeezenet1_1"
 ZERO = " registered with 0 initial workers. Use scale workers API to add workers for the model."
 RESNET18_ONLY = [{"modelName": "resnet-18", "modelUrl": "resnet-18.mar"}]
@@ -108,8 +112,9 @@ CASES = [
          "Model not found: squeezenet0_1"),
     Case(28, "unregister squeezenet1_1 (one worker running)", "DELETE", f"models/{SQ}", 200, 200),
     Case(29, "register naming a handler file that is not there (no worker is started)", "POST",
-         f"models?url={SQ}.mar&model_name={SQ}&handler=serve/ts/torch_handler/image_classifier.py:handle", 200, 200),
-    Case(30, "unregister it", "DELETE", f"models/{SQ}", 200, 200),
+         f"models?url={SQ}.mar&model_name={SQ}&handler=serve/ts/torch_handler/image_classifier.py:handle", 200, 400,
+         "the archive contains no file"),
+    Case(30, "unregister it (here: there is nothing to unregister)", "DELETE", f"models/{SQ}", 200, 404),
     Case(31, "register with three workers that get no time to start", "POST",
          f"models?url={SQ}.mar&model_name={SQ}&batch_size=3&initial_workers=3&startup_timeout=0", 500, 500,
          f"Failed to start workers for model {SQ} version: 1.0"),
