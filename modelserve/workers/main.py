@@ -25,11 +25,13 @@ from modelserve.workers import payload
 from modelserve.workers.protocol import (
     LENGTH,
     InferMessage,
+    InferRequest,
     InferResult,
     InitMessage,
     LoadFailedMessage,
     Message,
     Protocol,
+    ProtocolError,
     ReadyMessage,
     ResultMessage,
     ShutdownMessage,
@@ -132,6 +134,29 @@ def _error_of(exc: BaseException) -> tuple[int, str]:
     return 500, f"{type(exc).__name__}: {exc}"
 
 
+def decode_guarded(request: InferRequest) -> dict[str, Any] | InferResult:
+    """The one place a worker decodes a request's untrusted bytes: the handler's data item, or the request's error.
+
+    Whatever a body makes a decoder raise (RecursionError, OverflowError, ValueError, UnicodeError, a bug of ours)
+    answers that request alone: 400, or 507 when decoding it ran out of memory. The worker and the rest of its batch
+    go on.
+    """
+    try:
+        return payload.decode_for(request)
+    except BadInputError as exc:
+        return payload.error_result(400, str(exc))
+    except MemoryError:
+        return payload.error_result(507, "not enough memory to decode the request")
+    except Exception as exc:
+        log.warning("request %s did not decode (%s: %s)", request.request_id, type(exc).__name__, repr(str(exc)))
+        return payload.error_result(400, f"request body cannot be decoded ({type(exc).__name__}: {exc})")
+
+
+def _failed_batch(message: InferMessage, status: int, reason: str) -> ResultMessage:
+    results = [payload.error_result(status, reason) for _ in message.requests]
+    return ResultMessage(batch_id=message.batch_id, results=results)
+
+
 class Worker:
     def __init__(self, channel: Channel, init: InitMessage) -> None:
         self.channel = channel
@@ -152,7 +177,12 @@ class Worker:
 
     @property
     def output_names(self) -> list[str]:
-        return [str(o["name"]) for o in self.signature.get("outputs", [])]
+        outputs = self.signature.get("outputs")
+        return (
+            [str(o["name"]) for o in outputs if isinstance(o, dict) and "name" in o]
+            if isinstance(outputs, list)
+            else []
+        )
 
     def load(self) -> None:
         from modelserve.archive.builtin import builtin_handlers_dir
@@ -186,11 +216,11 @@ class Worker:
         infos: list[RequestInfo] = []
         positions: list[int] = []
         for index, request in enumerate(requests):
-            try:
-                data.append(payload.decode_for(request))
-            except BadInputError as exc:
-                results[index] = payload.error_result(400, str(exc))
+            decoded = decode_guarded(request)
+            if isinstance(decoded, InferResult):
+                results[index] = decoded
                 continue
+            data.append(decoded)
             infos.append(RequestInfo(request.request_id, request.headers, request.content_type))
             positions.append(index)
         timings: dict[str, float] = {}
@@ -247,8 +277,10 @@ class Worker:
                 )  # fmt: skip
             except BadInputError as exc:
                 results[index] = payload.error_result(400, str(exc))
-            except (TypeError, ValueError) as exc:
-                results[index] = payload.error_result(500, f"handler result cannot be encoded: {exc}")
+            except Exception as exc:  # a result the protocol cannot carry: this request fails, the worker lives
+                results[index] = payload.error_result(
+                    500, f"handler result cannot be encoded ({type(exc).__name__}: {exc})"
+                )
 
 
 def _with_parts(result: InferResult, parts: list[Any]) -> InferResult:
@@ -290,7 +322,21 @@ def _serve(channel: Channel) -> int:
         if isinstance(message, ShutdownMessage):
             return 0
         if isinstance(message, InferMessage):
-            channel.send(worker.run_batch(message))
+            try:
+                channel.send(_answer(worker, message))
+            except ProtocolError as exc:  # results too big for one frame: nothing was sent yet
+                channel.send(_failed_batch(message, 500, f"results cannot be sent: {exc}"))
+
+
+def _answer(worker: Worker, message: InferMessage) -> ResultMessage:
+    """The batch's results; a failure outside the guarded decode and handler call fails the batch, not the worker."""
+    try:
+        return worker.run_batch(message)
+    except MemoryError:
+        return _failed_batch(message, 507, "worker ran out of memory answering the batch")
+    except Exception as exc:
+        traceback.print_exc()
+        return _failed_batch(message, 500, f"worker failed answering the batch ({type(exc).__name__}: {exc})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,11 +350,15 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # it warns on every malformed body: ours is a 400
     sock = socket.socket(fileno=args.fd)
     try:
         return _serve(Channel(sock))
     except (EOFError, ConnectionError):
         return 0
+    except Exception:
+        traceback.print_exc()  # the parent logs the worker's stderr: a dead worker says why
+        return 1
     finally:
         sock.close()
         sys.stdout.flush()

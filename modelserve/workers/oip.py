@@ -6,15 +6,17 @@ array), which is encoded as the protocol's response, with the binary tensor data
 
 from __future__ import annotations
 
-import json
+import math
 import struct
 from typing import Any
 
 import numpy as np
 
+from modelserve import safejson
 from modelserve.handler import BadInputError
 
 HEADER_LENGTH = "inference-header-content-length"
+MAX_DIMS = 32  # numpy 1.x's own limit (2.x allows 64); no model takes more
 
 TO_NUMPY = {
     "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
@@ -34,9 +36,25 @@ def datatype_of(array: np.ndarray) -> str:
     return name
 
 
-def _shape(value: Any, name: str) -> list[int]:
+def _shape(value: Any, name: str, body_size: int) -> tuple[list[int], int]:
+    """The shape and its element count; a shape no body of ``body_size`` bytes could fill is refused up front."""
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
         raise BadInputError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if len(value) > MAX_DIMS:
+        raise BadInputError(f"input {name!r}: 'shape' has {len(value)} dimensions, at most {MAX_DIMS} are supported")
+    # every value takes at least one byte of the body (JSON or binary): a larger count (exact, no int64 wrap-around)
+    # cannot be filled, and is refused before numpy sees it
+    count = math.prod(value)
+    if count > body_size:
+        raise BadInputError(f"input {name!r}: 'shape' {value} needs {count} values, more than the request can carry")
+    return value, count
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadInputError(f"{where}: 'parameters' must be an object")
     return value
 
 
@@ -61,17 +79,17 @@ def _flatten(data: Any) -> list[Any]:
     return data if isinstance(data, list) else [data]
 
 
-def _decode_tensor(spec: Any, binary: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
+def _decode_tensor(spec: Any, binary: memoryview, offset: int, body_size: int) -> tuple[str, np.ndarray, int]:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise BadInputError("every input needs a 'name'")
     name = spec["name"]
-    shape = _shape(spec.get("shape"), name)
+    shape, count = _shape(spec.get("shape"), name, body_size)
     datatype = spec.get("datatype")
-    count = int(np.prod(shape)) if shape else 1
-    parameters = spec.get("parameters") or {}
-    size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+    if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in TO_NUMPY):
+        raise BadInputError(f"input {name!r}: unsupported datatype {datatype!r}")
+    size = _parameters(spec.get("parameters"), f"input {name!r}").get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
             raise BadInputError(f"input {name!r}: binary_data_size {size} exceeds the binary data sent")
         raw = bytes(binary[offset : offset + size])
         offset += size
@@ -95,31 +113,34 @@ def _decode_tensor(spec: Any, binary: memoryview, offset: int) -> tuple[str, np.
             array[:] = [v.encode() if isinstance(v, str) else v for v in flat]
         elif datatype in TO_NUMPY:
             try:
-                array = np.asarray(flat, dtype=TO_NUMPY[datatype])
-            except (ValueError, TypeError, OverflowError) as exc:
+                with np.errstate(over="raise", invalid="raise"):  # 1e9 as FP16: a 400, not a silent inf
+                    array = np.asarray(flat, dtype=TO_NUMPY[datatype])
+            except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
                 raise BadInputError(f"input {name!r}: data is not {datatype}: {exc}") from None
         else:
             raise BadInputError(f"input {name!r}: unsupported datatype {datatype!r}")
     if array.size != count:
         raise BadInputError(f"input {name!r}: shape {shape} needs {count} values, got {array.size}")
-    return name, array.reshape(shape), offset
+    try:
+        return name, array.reshape(shape), offset
+    except ValueError as exc:  # numpy's own limits on a shape
+        raise BadInputError(f"input {name!r}: 'shape' {shape} is not supported: {exc}") from None
 
 
 def decode_request(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
     """An inference request (JSON, or JSON + binary tensors) -> the handler's data item."""
     header_length = headers.get(HEADER_LENGTH)
     if header_length is not None:
-        try:
-            json_length = int(header_length)
-        except ValueError:
-            raise BadInputError("Inference-Header-Content-Length must be an integer") from None
-        if not 0 <= json_length <= len(body):
+        if not (header_length.isascii() and header_length.isdigit()):
+            raise BadInputError("Inference-Header-Content-Length must be a non-negative integer")
+        json_length = int(header_length)
+        if json_length > len(body):
             raise BadInputError("Inference-Header-Content-Length exceeds the body")
     else:
         json_length = len(body)
     try:
-        request = json.loads(body[:json_length])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        request = safejson.loads(body[:json_length])
+    except safejson.JSONInputError as exc:
         raise BadInputError(f"request is not valid JSON: {exc}") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise BadInputError("request needs a non-empty 'inputs' list")
@@ -127,7 +148,7 @@ def decode_request(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for spec in request["inputs"]:
-        name, array, offset = _decode_tensor(spec, binary, offset)
+        name, array, offset = _decode_tensor(spec, binary, offset, len(body))
         if name in inputs:
             raise BadInputError(f"input {name!r} is given twice")
         inputs[name] = array
@@ -136,18 +157,28 @@ def decode_request(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
         raise BadInputError("'outputs' must be a list of objects with a 'name'")
-    parameters = request.get("parameters") or {}
+    requested = [{"name": o["name"], "parameters": _parameters(o.get("parameters"), f"output {o['name']!r}")}
+                 for o in outputs]  # fmt: skip
     oip = {
         "id": request.get("id"),
-        "outputs": outputs,
-        "parameters": parameters if isinstance(parameters, dict) else {},
+        "outputs": requested,
+        "parameters": _parameters(request.get("parameters"), "request"),
     }
     return {"body": request, "data": {"inputs": inputs}, "oip": oip}
 
 
 def _as_outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
+    """The handler's result as named tensors, named as the model's metadata names its outputs.
+
+    A dict keeps its keys when they are the metadata's names; else, when it has as many entries as the metadata has
+    outputs, they are named in order (a handler that does not know the names answers ``output_0``, ...).
+    """
     if isinstance(result, dict):
-        return {str(k): np.asarray(v) for k, v in result.items()}
+        arrays = [np.asarray(v) for v in result.values()]
+        keys = [str(k) for k in result]
+        if names and len(keys) == len(names) and set(keys) != set(names):
+            keys = names
+        return dict(zip(keys, arrays, strict=True))
     if isinstance(result, (list, tuple)) and result and all(isinstance(r, np.ndarray) for r in result):
         return {names[i] if i < len(names) else f"output_{i}": r for i, r in enumerate(result)}
     return {names[0] if names else "output_0": np.asarray(result)}
@@ -175,7 +206,7 @@ def encode_response(
 ) -> tuple[bytes, dict[str, str], str]:
     """The handler's outputs -> response body, extra headers and content type."""
     outputs = _as_outputs(result, output_names)
-    requested = {o["name"]: (o.get("parameters") or {}) for o in oip["outputs"]}
+    requested = {o["name"]: o["parameters"] for o in oip["outputs"]}
     unknown = [name for name in requested if name not in outputs]
     if unknown:
         raise BadInputError(f"unknown output(s) requested: {', '.join(unknown)} (model has {', '.join(outputs)})")
@@ -196,7 +227,7 @@ def encode_response(
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": described}
     if oip.get("id") is not None:
         response["id"] = oip["id"]
-    header = json.dumps(response, separators=(",", ":")).encode()
+    header = safejson.dumps(response, separators=(",", ":"))
     if not blobs:
         return header, {}, "application/json"
     return header + b"".join(blobs), {"Inference-Header-Content-Length": str(len(header))}, "application/octet-stream"

@@ -1,16 +1,27 @@
-"""Request bodies into the handler's ``data`` dicts, and handler outputs into response bytes (worker side)."""
+"""Request bodies into the handler's ``data`` dicts, and handler outputs into response bytes (worker side).
+
+Every parser here takes untrusted bytes: JSON goes through :mod:`modelserve.safejson` (nesting limit), multipart
+through python-multipart (a streaming parser made for HTTP forms, at most :data:`MAX_PARTS` parts), and a body that
+does not decode raises BadInputError. JSON results are written by :func:`modelserve.safejson.dumps`: NaN and
+infinities become ``null``, so a response body is always valid JSON.
+"""
 
 from __future__ import annotations
 
-import json
 import re
-from email.parser import BytesParser
-from email.policy import HTTP
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+
+from modelserve import safejson
 from modelserve.handler import BadInputError, ResponseInfo
 from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferRequest, InferResult, Protocol
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 JSON_TYPE = "application/json"
 
@@ -19,20 +30,75 @@ def _media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
+MAX_PARTS = 1000  # a form with more parts is an attack on the worker's CPU, not a request
+MAX_BOUNDARY_LENGTH = 70  # RFC 2046
+
+
+@dataclass
+class _Part:
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    chunks: list[bytes] = field(default_factory=list)
+
+
+class _MultipartCollector:
+    """python-multipart's callbacks, collecting parts (headers and data) and counting them."""
+
+    def __init__(self) -> None:
+        self.parts: list[_Part] = []
+        self._field: list[bytes] = []
+        self._value: list[bytes] = []
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self._begin,
+            "on_part_data": lambda data, start, end: self.parts[-1].chunks.append(data[start:end]),
+            "on_header_field": lambda data, start, end: self._field.append(data[start:end]),
+            "on_header_value": lambda data, start, end: self._value.append(data[start:end]),
+            "on_header_end": self._header_end,
+        }
+
+    def _begin(self) -> None:
+        if len(self.parts) >= MAX_PARTS:
+            raise BadInputError(f"multipart body has more than {MAX_PARTS} parts")
+        self.parts.append(_Part())
+
+    def _header_end(self) -> None:
+        self.parts[-1].headers[b"".join(self._field).strip().lower()] = b"".join(self._value).strip()
+        self._field.clear()
+        self._value.clear()
+
+
+def _boundary(content_type: str) -> bytes:
+    # the header as bytes read as latin-1, which the parameter parser expects (a header may carry any code point)
+    _, options = parse_options_header(content_type.encode("utf-8", "surrogateescape").decode("latin-1"))
+    boundary = options.get(b"boundary", b"")
+    # RFC 2046: 1 to 70 characters from a 7-bit set; a header may carry anything, so check before using it
+    if not 0 < len(boundary) <= MAX_BOUNDARY_LENGTH or not all(32 <= c < 127 for c in boundary):
+        raise BadInputError(
+            f"multipart/form-data needs a boundary of 1 to {MAX_BOUNDARY_LENGTH} printable ASCII characters"
+        )
+    return boundary
+
+
 def _parse_multipart(body: bytes, content_type: str) -> dict[str, Any]:
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-    )
-    if not message.is_multipart():
-        raise BadInputError("malformed multipart body (no parts or missing boundary)")
+    """Form fields by name (the last of a repeated name wins): files as bytes, other fields as str when UTF-8."""
+    collector = _MultipartCollector()
+    parser = MultipartParser(_boundary(content_type), collector.callbacks())
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise BadInputError(f"malformed multipart body: {exc}") from None
+    if parser.state != MultipartState.END:
+        raise BadInputError("malformed multipart body: it ends before its closing boundary")
     fields: dict[str, Any] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
-            raise BadInputError("multipart part without a name in its Content-Disposition")
-        value = part.get_payload(decode=True)
-        raw = value if isinstance(value, bytes) else b""
-        fields[name] = raw if part.get_filename() is not None else _maybe_text(raw)
+    for part in collector.parts:
+        disposition, options = parse_options_header(part.headers.get(b"content-disposition", b"").decode("latin-1"))
+        name = options.get(b"name")
+        if disposition != b"form-data" or name is None:
+            raise BadInputError('every multipart part needs Content-Disposition: form-data; name="..."')
+        raw = b"".join(part.chunks)
+        fields[name.decode("utf-8", "replace")] = raw if b"filename" in options else _maybe_text(raw)
     if not fields:
         raise BadInputError("multipart body has no fields")
     return fields
@@ -50,8 +116,8 @@ def decode_request(body: bytes, content_type: str) -> dict[str, Any]:
     media = _media_type(content_type)
     if media == JSON_TYPE or media.endswith("+json"):
         try:
-            value: Any = json.loads(body) if body else None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            value: Any = safejson.loads(body) if body else None
+        except safejson.JSONInputError as exc:
             raise BadInputError(f"request body is not valid JSON: {exc}") from None
         return {"body": value, "data": value}
     if media == "multipart/form-data":
@@ -126,7 +192,7 @@ def encode_protocol_result(
 
         body, headers, content_type = oip.encode_response(output, item["oip"], model_name, model_version, output_names)
         return InferResult(status=200, content_type=content_type, headers=headers, body=body)
-    body = json.dumps({"predictions": output}, default=_json_default).encode()
+    body = safejson.dumps({"predictions": output}, default=_json_default)
     return InferResult(status=200, content_type=JSON_TYPE, body=body)
 
 
@@ -147,8 +213,8 @@ def encode_result(output: Any, response: ResponseInfo) -> InferResult:
         body, content_type = output.encode(), "text/plain; charset=utf-8"
     else:
         try:
-            body = json.dumps(output, default=_json_default).encode()
-        except (TypeError, ValueError) as exc:
+            body = safejson.dumps(output, default=_json_default)
+        except (TypeError, ValueError, RecursionError) as exc:
             return error_result(500, f"handler result cannot be sent: {exc}")
         content_type = JSON_TYPE
     return InferResult(

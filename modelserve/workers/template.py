@@ -24,6 +24,7 @@ import selectors
 import signal
 import socket
 import sys
+import traceback
 from collections import deque
 from collections.abc import Mapping
 
@@ -69,6 +70,12 @@ def _run_child(fds: list[int], env: dict[str, str], control: socket.socket, priv
         from modelserve.workers import main as worker_main
 
         code = worker_main.main(["--fd", str(worker_fd)])
+    except SystemExit as exc:  # sys.exit() in a handler: its status, as in a worker that is a program of its own
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        # os._exit below skips the interpreter's own report of an uncaught exception: print it, or the parent's log
+        # has only the exit code
+        traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
