@@ -45,7 +45,7 @@ IGNORED_TORCHSERVE_KEYS = frozenset({
     "number_of_netty_threads", "netty_client_threads", "vmargs", "number_of_gpu", "async_logging",
     "default_service_handler", "enable_envvars_config", "metrics_format", "workflow_store",
     "use_native_io", "io_ratio", "prefer_direct_buffer", "metrics_config", "enable_metrics_api_plugin",
-    "plugins_path", "disable_system_metrics", "model_server_home", "keep_alive_timeout", "ts_log_level",
+    "plugins_path", "disable_system_metrics", "model_server_home", "ts_log_level",
     # written by TorchServe into its snapshot files, next to the settings
     "python", "tsConfigFile", "version",
 })  # fmt: skip
@@ -202,6 +202,9 @@ class ServerConfig:
     shutdown_timeout: float = 60.0
     max_connections: int = 1024
     header_timeout: float = 10.0
+    # a request body must arrive in full within this many seconds (else 408); idle keep-alive connections close after
+    body_timeout: float = 60.0
+    keep_alive_timeout: float = 15.0
     max_model_load_failures: int = 3
     # worker processes of all models together; 0: derived from cores and memory (default_max_workers_total)
     max_workers_total: int = 0
@@ -317,6 +320,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "shutdown_timeout": _float_at_least(0),
     "max_connections": _int_at_least(1),
     "header_timeout": _float_at_least(0.1),
+    "body_timeout": _float_at_least(0.1),
+    "keep_alive_timeout": _float_at_least(0.1),
     "max_model_load_failures": _int_at_least(1),
     "max_workers_total": _int_at_least(0),
     "url_download_timeout": _float_at_least(0.1),

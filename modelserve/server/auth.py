@@ -40,7 +40,9 @@ def token_middleware(token: str) -> web.middleware:  # type: ignore[valid-type]
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         supplied = request.headers.get("Authorization", "")
         scheme, _, value = supplied.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
+        # header bytes that are not UTF-8 arrive as surrogates; they encode back to the bytes sent, never matching
+        offered = value.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(offered, expected):
             return error_response(
                 401,
                 "management API requires 'Authorization: Bearer <key>' (the key is in key_file.json); "

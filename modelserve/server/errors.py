@@ -8,7 +8,9 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from modelserve.errors import (
     ConfigError,
@@ -43,6 +45,9 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (WorkerDiedError, 500),
     (ModelLoadError, 500),
     (WorkerLoadError, 500),
+    # a request body aiohttp could not read: bad Content-Encoding, broken chunks
+    (RequestPayloadError, 400),
+    (HttpProcessingError, 400),
 ]
 
 
@@ -63,8 +68,12 @@ TYPE_NAMES = {
     403: "ForbiddenException",
     404: "ModelNotFoundException",
     405: "MethodNotAllowedException",
+    408: "RequestTimeout",
     409: "ConflictStatusException",
     413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType",
+    417: "ExpectationFailed",
+    431: "RequestHeaderFieldsTooLarge",
     500: "InternalServerException",
     503: "ServiceUnavailableException",
     504: "RequestTimeoutException",
@@ -119,7 +128,21 @@ def request_id_of(request: web.Request) -> str:
     return supplied if _REQUEST_ID_PATTERN.match(supplied) else uuid.uuid4().hex
 
 
+def _body_error_message(request: web.Request, exc: Exception) -> str:
+    """What was wrong with a request body aiohttp could not read (a bad Content-Encoding, broken chunking)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ContentEncodingError):
+            encoding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+            return f"request body is not valid {encoding or 'encoded data'} (Content-Encoding: {encoding})"
+        cause = cause.__cause__
+    detail = exc.message if isinstance(exc, HttpProcessingError) else (exc.__cause__ or exc)
+    return f"request body is malformed: {str(detail).strip()[:200]}"
+
+
 def _map_error(request: web.Request, exc: BaseException, v2: bool) -> web.StreamResponse:
+    if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
+        return error_response(400, _body_error_message(request, exc), None, v2)
     if isinstance(exc, ModelServeError):
         return error_response(status_for(exc), str(exc), _retry_headers(exc), v2, type_for(exc))
     if isinstance(exc, web.HTTPException):

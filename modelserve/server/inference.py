@@ -14,6 +14,7 @@ from modelserve.errors import ModelLoadError, ModelNotFoundError, ServiceUnavail
 from modelserve.models.registry import ModelRegistry
 from modelserve.models.version import ModelVersion
 from modelserve.server.errors import MAX_BODY_KEY, REQUEST_ID, error_middleware, error_response, status_for
+from modelserve.server.guard import invalid_header
 from modelserve.server.openapi import DESCRIBE_ROUTES, RouteDoc, build_document, name_param, version_param
 from modelserve.server.routing import accept_trailing_slashes
 from modelserve.server.state import STATE, ServerState
@@ -88,6 +89,11 @@ def _result_response(result: InferResult, max_response_size: int, v2_style: bool
         return error_response(
             500, f"handler response of {len(result.body)} bytes exceeds max_response_size ({max_response_size})"
         )
+    for header_name, header_value in [*(result.headers or {}).items(), ("Content-Type", result.content_type)]:
+        problem = invalid_header(header_name, header_value)
+        if problem is not None:
+            # checked here: aiohttp would fail while writing, drop the connection, and the access log would say 200
+            return error_response(500, f"handler set an invalid header: {problem}", v2_style=v2_style)
     response = web.Response(status=result.status, body=result.body, headers=result.headers or None)
     response.headers["Content-Type"] = result.content_type
     return response

@@ -19,7 +19,14 @@ from modelserve.models.store import ModelStore
 from modelserve.models.version import VersionState
 from modelserve.server.auth import write_key_file
 from modelserve.server.cors import cors_middleware
-from modelserve.server.guard import ConnectionGuard, GuardedSite
+from modelserve.server.errors import error_middleware
+from modelserve.server.guard import (
+    ConnectionGuard,
+    Deadlines,
+    GuardedSite,
+    content_encoding_middleware,
+    refuse_oversized_expectations,
+)
 from modelserve.server.inference import create_inference_app
 from modelserve.server.management import create_management_app
 from modelserve.server.metrics_app import create_metrics_app
@@ -27,8 +34,6 @@ from modelserve.server.state import ServerState
 from modelserve.server.workdir import WorkDir, remove_stale
 
 log = logging.getLogger("modelserve.server")
-
-KEEPALIVE_S = 15.0
 
 
 @dataclass
@@ -92,12 +97,18 @@ class Server:
     async def _serve_app(self, app: web.Application, address: str) -> str:
         host, port = parse_address(address)
         config = self.config
-        guard = ConnectionGuard(config.max_connections, config.header_timeout, KEEPALIVE_S)
+        deadlines = Deadlines(config.header_timeout, config.body_timeout, config.keep_alive_timeout)
+        guard = ConnectionGuard(config.max_connections, deadlines)
+        # inside the error middleware, so that its 415 is an error answer like any other
+        position = app.middlewares.index(error_middleware) + 1 if error_middleware in app.middlewares else 0
+        app.middlewares.insert(position, content_encoding_middleware())
         app.middlewares.insert(0, guard.middleware())
         if config.cors_allowed_origin:
             app.middlewares.insert(0, cors_middleware(config))
+        refuse_oversized_expectations(app)
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, max_line_size=8190,
-                               max_field_size=8190, max_headers=100, keepalive_timeout=KEEPALIVE_S)  # fmt: skip
+                               max_field_size=8190, max_headers=100,
+                               keepalive_timeout=config.keep_alive_timeout)  # fmt: skip
         await runner.setup()
         self.runners.append(runner)
         site = GuardedSite(runner, host, port, guard)
