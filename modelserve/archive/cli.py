@@ -11,6 +11,7 @@ from pathlib import Path
 from modelserve import package_version
 from modelserve.archive.errors import ArchiveError
 from modelserve.archive.packer import ARCHIVE_FORMATS, PackRequest, collect_entries, pack_archive
+from modelserve.archive.signing import SignaturePolicy, verify_archive_file
 
 # inputs smaller than this pack in a blink: no progress bar
 PROGRESS_MIN_BYTES = 32 << 20
@@ -69,9 +70,10 @@ class ModelVersionOrShowVersion(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="modelserve-archive",
-        description="Pack a model into a TorchServe-compatible archive (.mar, .tar.gz or a directory).",
+        description="Pack a model into a TorchServe-compatible archive (.mar, .tar.gz or a directory), "
+        "optionally signed; or verify an archive's signature (--verify ARCHIVE --trusted-key KEY).",
     )
-    parser.add_argument("--model-name", required=True, help="model name; also the archive's file name")
+    parser.add_argument("--model-name", help="model name; also the archive's file name (required to pack)")
     parser.add_argument(
         "-v",
         "--version",
@@ -83,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--serialized-file", type=Path, help="weights: state_dict .pth/.pt, TorchScript, .onnx, ...")
     parser.add_argument("--model-file", type=Path, help="Python file defining the model class (eager mode)")
     parser.add_argument(
-        "--handler", required=True, help="handler file, FILE.py:function, or a built-in name (e.g. image_classifier)"
+        "--handler", help="handler file, FILE.py:function, or a built-in name (e.g. image_classifier); required to pack"
     )
     parser.add_argument("--extra-files", default="", help="comma-separated files or directories to add")
     parser.add_argument("-r", "--requirements-file", type=Path, help="per-model pip requirements file")
@@ -97,7 +99,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--export-path", type=Path, default=Path(), help="output directory (default: current)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing archive")
+    parser.add_argument(
+        "--sign-key",
+        type=Path,
+        help="sign the archive with this Ed25519 private key (OpenSSH or PEM, unencrypted): MAR-INF/SIGNATURE.json",
+    )
+    parser.add_argument(
+        "--verify", type=Path, metavar="ARCHIVE", help="check ARCHIVE's signature against --trusted-key; pack nothing"
+    )
+    parser.add_argument(
+        "--trusted-key",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a trusted Ed25519 public key (OpenSSH or PEM) for --verify; may be repeated",
+    )
     return parser
+
+
+def verify_main(args: argparse.Namespace) -> int:
+    """``--verify``: exit 0 when the archive is signed by a trusted key and unaltered, else 1 with the reason."""
+    try:
+        policy = SignaturePolicy.from_key_files([str(key) for key in args.trusted_key], required=True)
+        result = verify_archive_file(args.verify, policy)
+    except ArchiveError as exc:
+        print(f"modelserve-archive: error: {args.verify}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"modelserve-archive: error: {args.verify}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"{args.verify}: signature OK, key {result.fingerprint}, {result.files} files")
+    return 0
 
 
 def request_from_args(args: argparse.Namespace) -> PackRequest:
@@ -115,11 +148,22 @@ def request_from_args(args: argparse.Namespace) -> PackRequest:
         archive_format=args.archive_format,
         export_path=args.export_path,
         force=args.force,
+        sign_key=args.sign_key,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verify is not None:
+        if not args.trusted_key:
+            parser.error("--verify needs at least one --trusted-key")
+        return verify_main(args)
+    if args.trusted_key:
+        parser.error("--trusted-key goes with --verify")
+    missing = [flag for flag, value in (("--model-name", args.model_name), ("--handler", args.handler)) if not value]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     bar: ProgressBar | None = None
     try:
         request = request_from_args(args)

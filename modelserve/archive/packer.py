@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import shutil
 import tarfile
@@ -14,6 +16,7 @@ from pathlib import Path
 from modelserve.archive.builtin import builtin_handler_names, builtin_handler_path
 from modelserve.archive.errors import ArchiveNotFoundError, ArchiverUsageError, ManifestError
 from modelserve.archive.manifest import MANIFEST_PATH, Manifest, check_model_name
+from modelserve.archive.signing import SIGNATURE_PATH, SigningKey, signature_document
 
 ARCHIVE_FORMATS = {"default": ".mar", "zip-store": ".mar", "tgz": ".tar.gz", "no-archive": ""}
 _SKIPPED_DIRS = {"__pycache__", "__MACOSX"}
@@ -38,6 +41,8 @@ class PackRequest:
     archive_format: str = "default"
     export_path: Path = Path()
     force: bool = False
+    # an Ed25519 private key (OpenSSH or PEM, unencrypted): the archive gets MAR-INF/SIGNATURE.json
+    sign_key: Path | None = None
 
 
 def archive_path_for(request: PackRequest) -> Path:
@@ -116,6 +121,8 @@ def collect_entries(request: PackRequest) -> tuple[list[tuple[Path, str]], Manif
         entries.extend(_expand_extra(extra))
     unique: dict[str, Path] = {}
     for source, name in entries:
+        if name in (MANIFEST_PATH, SIGNATURE_PATH):
+            raise ArchiverUsageError(f"{source} would be stored as {name}, which the archiver writes itself")
         previous = unique.get(name)
         if previous is not None and previous.resolve() != source.resolve():
             raise ArchiverUsageError(f"two different files would be stored as {name!r}: {previous} and {source}")
@@ -130,61 +137,97 @@ def collect_entries(request: PackRequest) -> tuple[list[tuple[Path, str]], Manif
     return [(source, name) for name, source in unique.items()], manifest
 
 
-def _copy_with_progress(src_path: Path, dest: object, progress: ProgressCallback | None) -> None:
-    with open(src_path, "rb") as src:
-        while chunk := src.read(_CHUNK):
-            dest.write(chunk)  # type: ignore[attr-defined]
-            if progress:
-                progress(len(chunk))
+class _Contents:
+    """The files being written, hashed on the way (for the signature), then the members the archiver makes."""
+
+    def __init__(self, entries: list[tuple[Path, str]], manifest: Manifest, progress: ProgressCallback | None) -> None:
+        self.entries = entries
+        self.progress = progress
+        # rendered once: the bytes written are the bytes hashed (the manifest carries the time it was made)
+        self.manifest = manifest.to_json().encode()
+        self.digests: dict[str, str] = {MANIFEST_PATH: hashlib.sha256(self.manifest).hexdigest()}
+
+    def copy(self, src_path: Path, name: str, dest: object) -> int:
+        digest = hashlib.sha256()
+        size = 0
+        with open(src_path, "rb") as src:
+            while chunk := src.read(_CHUNK):
+                dest.write(chunk)  # type: ignore[attr-defined]
+                digest.update(chunk)
+                size += len(chunk)
+                if self.progress:
+                    self.progress(len(chunk))
+        self.digests[name] = digest.hexdigest()
+        return size
+
+    def generated(self, sign_key: SigningKey | None) -> list[tuple[str, bytes]]:
+        """MANIFEST.json, then SIGNATURE.json over every file (called once the files are written and hashed)."""
+        members = [(MANIFEST_PATH, self.manifest)]
+        if sign_key is not None:
+            members.append((SIGNATURE_PATH, signature_document(self.digests, sign_key)))
+        return members
 
 
-def _write_zip(
-    target: Path,
-    entries: list[tuple[Path, str]],
-    manifest: Manifest,
-    compression: int,
-    progress: ProgressCallback | None,
-) -> None:
+def _write_zip(target: Path, contents: _Contents, sign_key: SigningKey | None, compression: int) -> None:
     with zipfile.ZipFile(target, "w", compression=compression) as archive:
-        for source, name in entries:
+        for source, name in contents.entries:
             info = zipfile.ZipInfo.from_file(source, arcname=name)
             info.compress_type = compression
             with archive.open(info, "w", force_zip64=source.stat().st_size > (1 << 31)) as dest:
-                _copy_with_progress(source, dest, progress)
-        archive.writestr(MANIFEST_PATH, manifest.to_json())
+                contents.copy(source, name, dest)
+        for name, data in contents.generated(sign_key):
+            archive.writestr(name, data)
 
 
-def _write_tgz(
-    target: Path, entries: list[tuple[Path, str]], manifest: Manifest, top: str, progress: ProgressCallback | None
-) -> None:
-    import io
+class _HashingReader(io.RawIOBase):
+    """A file read by tarfile, hashed and counted as it goes."""
 
+    def __init__(self, path: Path, name: str, contents: _Contents) -> None:
+        self.src = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self.digest = hashlib.sha256()
+        self.name_in_archive = name
+        self.contents = contents
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.src.read(size)
+        self.digest.update(chunk)
+        if chunk and self.contents.progress:
+            self.contents.progress(len(chunk))
+        return chunk
+
+    def close(self) -> None:
+        self.src.close()
+        self.contents.digests[self.name_in_archive] = self.digest.hexdigest()
+        super().close()
+
+
+def _write_tgz(target: Path, contents: _Contents, sign_key: SigningKey | None, top: str) -> None:
     with tarfile.open(target, "w:gz") as archive:
-        for source, name in entries:
+        for source, name in contents.entries:
             info = archive.gettarinfo(str(source), arcname=f"{top}/{name}")
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            with open(source, "rb") as src:
+            with _HashingReader(source, name, contents) as src:
                 archive.addfile(info, src)
-            if progress:
-                progress(info.size)
-        data = manifest.to_json().encode()
-        info = tarfile.TarInfo(f"{top}/{MANIFEST_PATH}")
-        info.size = len(data)
-        archive.addfile(info, io.BytesIO(data))
+        for name, data in contents.generated(sign_key):
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
 
 
-def _write_dir(
-    target: Path, entries: list[tuple[Path, str]], manifest: Manifest, progress: ProgressCallback | None
-) -> None:
+def _write_dir(target: Path, contents: _Contents, sign_key: SigningKey | None) -> None:
     target.mkdir()
-    for source, name in entries:
+    for source, name in contents.entries:
         dest = target / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(dest, "wb") as out:
-            _copy_with_progress(source, out, progress)
+            contents.copy(source, name, out)
     (target / "MAR-INF").mkdir(exist_ok=True)
-    (target / MANIFEST_PATH).write_text(manifest.to_json())
+    for name, data in contents.generated(sign_key):
+        (target / name).write_bytes(data)
 
 
 def total_input_bytes(request: PackRequest) -> int:
@@ -203,6 +246,9 @@ def pack_archive(request: PackRequest, progress: ProgressCallback | None = None)
         raise ArchiverUsageError(f"{final} already exists; use -f/--force to overwrite it")
     if final.exists() and final.is_dir() != (request.archive_format == "no-archive"):
         raise ArchiverUsageError(f"{final} exists and is of another kind; remove it first")
+    # the key is read before anything is written: a bad key leaves nothing behind
+    sign_key = SigningKey.load(request.sign_key) if request.sign_key is not None else None
+    contents = _Contents(entries, manifest, progress)
     fmt = request.archive_format
     if fmt == "no-archive":
         staging = Path(tempfile.mkdtemp(prefix=f".{request.model_name}.", dir=export_dir))
@@ -214,11 +260,11 @@ def pack_archive(request: PackRequest, progress: ProgressCallback | None = None)
     try:
         if fmt in ("default", "zip-store"):
             compression = zipfile.ZIP_DEFLATED if fmt == "default" else zipfile.ZIP_STORED
-            _write_zip(temp_target, entries, manifest, compression, progress)
+            _write_zip(temp_target, contents, sign_key, compression)
         elif fmt == "tgz":
-            _write_tgz(temp_target, entries, manifest, request.model_name, progress)
+            _write_tgz(temp_target, contents, sign_key, request.model_name)
         else:
-            _write_dir(temp_target, entries, manifest, progress)
+            _write_dir(temp_target, contents, sign_key)
         if fmt == "no-archive":
             if final.exists():
                 shutil.rmtree(final)
