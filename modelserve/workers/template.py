@@ -338,13 +338,21 @@ class WorkerTemplate:
                 await self.process.wait()
 
 
+class _PipeReaderProtocol(asyncio.StreamReaderProtocol):
+    def eof_received(self) -> bool:
+        super().eof_received()
+        # a pipe has no other direction: let the transport close at end of file (uvloop keeps a read pipe open
+        # after EOF when the protocol asks to, holding its descriptor until garbage collection)
+        return False
+
+
 async def _pipe_reader(fd: int) -> asyncio.StreamReader:
     """A reader on the pipe's read end ``fd``, which it owns from now on (closed here if it cannot be read)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     pipe = os.fdopen(fd, "rb", buffering=0)
     try:
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        await loop.connect_read_pipe(lambda: _PipeReaderProtocol(reader), pipe)
     except BaseException:
         pipe.close()
         raise
