@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import re
@@ -14,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from modelserve import safejson
 from modelserve.errors import (
     InvalidRequestError,
     ModelLoadError,
@@ -118,7 +118,7 @@ async def _register_params(request: web.Request) -> Params:
     if request.content_type != "application/json":
         return request.query
     try:
-        body = json.loads(await request.read())
+        body = safejson.loads(await request.read())  # nesting limited: a deep body is a 400, not a RecursionError
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidRequestError(f"registration body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):

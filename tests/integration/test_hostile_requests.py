@@ -32,7 +32,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     weights.write_bytes(b"not a checkpoint")
     for name in ("hostile", "mortal"):
         make_archive(store, name, "hostile_handler.py", config_yaml=CONFIG, serialized_file=weights)
-    with running_server(root, store, ["hostile.mar", "mortal.mar"], extra_args=["--ncs"]) as running:
+    models = ["hostile.mar", "mortal.mar"]
+    with running_server(root, store, models, extra_args=["--ncs"], config="enable_model_api=true\n") as running:
         yield running
 
 
@@ -142,3 +143,10 @@ def test_a_worker_that_dies_logs_its_traceback_and_exit_code(server: ServerProce
 
     wait_for(replaced, 30, "a new worker for mortal")
     assert server.predict("mortal", b"{}", JSON).status == 200
+
+
+def test_a_deeply_nested_registration_body_is_a_400(server: ServerProcess) -> None:
+    headers = {**server.auth(), **JSON}
+    response = call("POST", f"{server.management}/models", b'{"url": ' + DEEP + b"}", headers)
+    assert response.status == 400, response.text  # 090138f: RecursionError in the server, a 500
+    assert "deeper than" in response.json()["message"]
