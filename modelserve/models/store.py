@@ -129,15 +129,15 @@ def _check_address(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Add
         raise ForbiddenError(f"{host} resolves to a forbidden address {address}")
 
 
-def _auth_for(current: RemoteUrl, first: RemoteUrl) -> aiohttp.BasicAuth | None:
-    """Credentials go only to the origin they were written for (a redirect elsewhere does not get them)."""
+def basic_auth_for(current: RemoteUrl, first: RemoteUrl) -> dict[str, str]:
+    """The Authorization header for ``current``: credentials go only to the origin they were written for (a redirect
+    elsewhere does not get them)."""
     owner = current if current.has_credentials else first if current.origin == first.origin else None
     if owner is None or not owner.has_credentials:
-        return None
-    try:
-        return aiohttp.BasicAuth(owner.username or "", owner.password or "")
-    except ValueError as exc:
-        raise InvalidRequestError(f"url credentials cannot be sent: {exc}") from None
+        return {}
+    if ":" in (owner.username or ""):
+        raise InvalidRequestError("url credentials cannot be sent: the user name contains ':'")
+    return {"Authorization": aiohttp.encode_basic_auth(owner.username or "", owner.password or "")}
 
 
 async def download(url: str, allowed_patterns: list[str], dest_dir: Path, limits: DownloadLimits) -> ModelSource:
@@ -169,7 +169,9 @@ async def _fetch(first: RemoteUrl, allowed_patterns: list[str], dest_dir: Path, 
             answered = False
             try:
                 target = yarl.URL(current.canonical, encoded=True)
-                async with session.get(target, allow_redirects=False, auth=_auth_for(current, first)) as response:
+                async with session.get(
+                    target, allow_redirects=False, headers=basic_auth_for(current, first)
+                ) as response:
                     answered = True
                     if response.status in _REDIRECT_STATUSES:
                         location = response.headers.get("Location")

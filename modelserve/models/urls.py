@@ -87,18 +87,6 @@ def looks_like_url(value: str) -> bool:
     return bool(_URL_LIKE.match(value))
 
 
-def redact(value: str) -> str:
-    """A URL string for messages: the normalised form when it parses, else with anything before ``@`` hidden."""
-    try:
-        return parse_remote_url(value).display
-    except (InvalidRequestError, ForbiddenError):
-        scheme, sep, rest = value.partition("://")
-        authority, slash, tail = rest.partition("/")
-        if "@" in authority:
-            authority = REDACTED + "@" + authority.rpartition("@")[2]
-        return scheme + sep + authority + slash + tail
-
-
 def parse_remote_url(raw: str) -> RemoteUrl:
     """Parse and normalise ``raw``; raise InvalidRequestError (malformed) or ForbiddenError (not http/https)."""
     for char in raw:
@@ -149,8 +137,11 @@ def _split_host_port(hostinfo: str, scheme: str) -> tuple[str, int]:
         host = _normalise_host(name)
     if not port_text:
         return host, DEFAULT_PORTS[scheme]
-    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise InvalidRequestError(f"url has an invalid port {port_text!r}")
+    if not port_text.isascii() or not port_text.isdigit():
+        # not echoed: an unencoded "/" in a password makes the rest of it look like a port
+        raise InvalidRequestError("url has an invalid port (not a number)")
+    if not 0 < int(port_text) < 65536:
+        raise InvalidRequestError(f"url has an invalid port {port_text} (not from 1 to 65535)")
     return host, int(port_text)
 
 

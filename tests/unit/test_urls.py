@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from modelserve.errors import ForbiddenError, InvalidRequestError
-from modelserve.models.urls import check_url_allowed, looks_like_url, parse_remote_url, redact
+from modelserve.models.store import basic_auth_for
+from modelserve.models.urls import check_url_allowed, looks_like_url, parse_remote_url
 
 
 @pytest.mark.parametrize(
@@ -43,8 +46,10 @@ def test_credentials_are_kept_for_the_request_and_redacted_when_shown() -> None:
     assert (url.username, url.password) == ("alice", "s@cret")
     assert url.display == "http://***@h:81/m.mar"
     assert "cret" not in url.canonical and "cret" not in repr(url)
-    assert redact("http://alice:secret@h:81/m.mar") == "http://***@h:81/m.mar"
-    assert "secret" not in redact("http://alice:secret@h:bad-port/m.mar")
+
+    with pytest.raises(InvalidRequestError) as caught:  # "/" unencoded in the password: the rest looks like a port
+        parse_remote_url("http://alice:sec/ret@h/m.mar")
+    assert "sec" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -101,3 +106,12 @@ def test_empty_allowed_urls_refuses_everything() -> None:
 def test_any_scheme_prefix_marks_a_url_not_a_file_name() -> None:
     assert looks_like_url("HTTP://h/m") and looks_like_url("ftp://h/m") and looks_like_url("file:///x")
     assert not looks_like_url("model.mar") and not looks_like_url("a:b.mar")
+
+
+def test_credentials_go_only_to_the_origin_they_were_written_for() -> None:
+    first = parse_remote_url("http://alice:pw@h:81/redirect")
+    expected = {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()}
+    assert basic_auth_for(parse_remote_url("http://h:81/m.mar"), first) == expected
+    assert basic_auth_for(parse_remote_url("http://other:81/m.mar"), first) == {}
+    assert basic_auth_for(parse_remote_url("https://h:81/m.mar"), first) == {}
+    assert basic_auth_for(parse_remote_url("http://h:81/m.mar"), parse_remote_url("http://h:81/x")) == {}
