@@ -6,7 +6,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
+from modelserve import safejson
+from modelserve.handler import BadInputError
+
 HandleFunction = Callable[[Any, Any], Any]
+
+
+def json_body(raw: bytes | bytearray) -> Any:
+    """A request body that was not sent as JSON, read as JSON: a 400 naming the problem when it is not JSON."""
+    try:
+        return safejson.loads(bytes(raw))
+    except safejson.JSONInputError as exc:
+        raise BadInputError(f"request body is not valid JSON: {exc}") from None
 
 
 class BaseEnvelope(ABC):

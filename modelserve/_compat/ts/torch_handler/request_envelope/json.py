@@ -4,12 +4,12 @@ decoded to bytes."""
 
 from __future__ import annotations
 
-import json
 from base64 import b64decode
 from typing import Any
 
+from modelserve import safejson
 from modelserve.handler import BadInputError
-from ts.torch_handler.request_envelope.base import BaseEnvelope
+from ts.torch_handler.request_envelope.base import BaseEnvelope, json_body
 
 
 def _b64(value: Any) -> Any:
@@ -29,14 +29,14 @@ class JSONEnvelope(BaseEnvelope):
     def format_output(self, data: Any) -> Any:
         outputs, cursor = [], 0
         for length in self._lengths:
-            outputs.append(json.dumps({"predictions": data[cursor : cursor + length]}))
+            outputs.append(safejson.dumps({"predictions": data[cursor : cursor + length]}).decode())
             cursor += length
         return outputs
 
     def _from_json(self, data: Any) -> list[Any]:
         body = data.get("data") or data.get("body") or data
         if isinstance(body, (bytes, bytearray)):
-            body = json.loads(body)
+            body = json_body(body)
         rows = body.get("instances") if isinstance(body, dict) else None
         if not isinstance(rows, list) or not rows:
             raise BadInputError('the json envelope expects {"instances": [...]} with at least one instance')

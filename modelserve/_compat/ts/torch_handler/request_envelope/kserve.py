@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from modelserve.handler import BadInputError
-from ts.torch_handler.request_envelope.base import BaseEnvelope
+from ts.torch_handler.request_envelope.base import BaseEnvelope, json_body
 
 
 class KServeEnvelope(BaseEnvelope):
@@ -15,7 +14,7 @@ class KServeEnvelope(BaseEnvelope):
         self._data_list = [row.get("data") or row.get("body") for row in data]
         body = self._data_list[0]
         if isinstance(body, (bytes, bytearray)):
-            body = json.loads(bytes(body).decode())
+            body = json_body(body)
         if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
             raise BadInputError('KServe v1 requests are JSON objects with an "instances" list')
         self._inputs = body["instances"]

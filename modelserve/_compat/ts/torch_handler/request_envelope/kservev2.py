@@ -3,13 +3,12 @@ named after the input it came from. Like TorchServe's, it reads the first reques
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 
 from modelserve.handler import BadInputError
-from ts.torch_handler.request_envelope.base import BaseEnvelope
+from ts.torch_handler.request_envelope.base import BaseEnvelope, json_body
 
 _DATATYPE_TO_NUMPY = {
     "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64", "INT8": "int8",
@@ -27,7 +26,7 @@ class KServev2Envelope(BaseEnvelope):
         bodies = [row.get("data") or row.get("body") for row in data]
         body = bodies[0]
         if isinstance(body, (bytes, bytearray)):
-            body = json.loads(bytes(body).decode("utf8"))
+            body = json_body(body)
         if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
             raise BadInputError('Open Inference Protocol requests are JSON objects with an "inputs" list')
         names = []
