@@ -32,10 +32,46 @@ class RouteDoc:
     body: str | None = None  # media type of the request body, if any
 
 
+@dataclass(frozen=True)
+class Link:
+    """An OpenAPI link: what a client (or schemathesis' stateful phase) may call next with values from an answer."""
+
+    name: str
+    method: str
+    path: str
+    parameters: dict[str, str]
+
+
+# register -> describe / scale / unregister, describe -> one version's routes: the management API's workflows
+_NAME_FROM_REGISTER = {"name": "$request.query.model_name"}
+_VERSION_FROM_DESCRIBE = {"name": "$request.path.name", "version": "$response.body#/0/modelVersion"}
+LINKS: dict[tuple[str, str], tuple[Link, ...]] = {
+    ("POST", "/models"): (
+        Link("DescribeRegistered", "GET", "/models/{name}", _NAME_FROM_REGISTER),
+        Link("ScaleRegistered", "PUT", "/models/{name}", _NAME_FROM_REGISTER),
+        Link("UnregisterRegistered", "DELETE", "/models/{name}", _NAME_FROM_REGISTER),
+    ),
+    ("GET", "/models/{name}"): (
+        Link("DescribeVersion", "GET", "/models/{name}/{version}", _VERSION_FROM_DESCRIBE),
+        Link("ScaleVersion", "PUT", "/models/{name}/{version}", _VERSION_FROM_DESCRIBE),
+        Link("SetDefaultVersion", "PUT", "/models/{name}/{version}/set-default", _VERSION_FROM_DESCRIBE),
+        Link("UnregisterVersion", "DELETE", "/models/{name}/{version}", _VERSION_FROM_DESCRIBE),
+    ),
+    ("POST", "/v2/repository/models/{name}/load"): (
+        Link("UnloadLoaded", "POST", "/v2/repository/models/{name}/unload", {"name": "$request.path.name"}),
+        Link("DescribeLoaded", "GET", "/models/{name}", {"name": "$request.path.name"}),
+    ),
+}
+
+
+def operation_id(method: str, path: str) -> str:
+    return (method.lower() + path).replace("/", "_").replace("{", "").replace("}", "")
+
+
 def _operation(route: RouteDoc) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": route.summary,
-        "operationId": (route.method.lower() + route.path).replace("/", "_").replace("{", "").replace("}", ""),
+        "operationId": operation_id(route.method, route.path),
         "responses": {},
     }
     params = [
@@ -69,6 +105,19 @@ def build_document(title: str, routes: list[RouteDoc]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    for (method, path), links in LINKS.items():
+        source = paths.get(path, {}).get(method.lower())
+        if source is None:
+            continue
+        # only links to operations this document has: each port's document stands alone
+        present = {
+            link.name: {"operationId": operation_id(link.method, link.path), "parameters": link.parameters}
+            for link in links
+            if link.method.lower() in paths.get(link.path, {})
+        }
+        for status, response in source["responses"].items():
+            if present and status.startswith("2"):
+                response["links"] = present
     return {
         "openapi": "3.0.1",
         "info": {"title": title, "version": __version__, "description": f"modelserve {title}"},
