@@ -27,7 +27,7 @@ from modelserve.server.errors import Handler, error_response
 log = logging.getLogger("modelserve.server")
 
 # Content-Encoding values whose decoding aiohttp does while the body is read (bounded by the app's client_max_size)
-DECODED_ENCODINGS = frozenset({"gzip", "x-gzip", "deflate", "br", "identity"})
+DECODED_ENCODINGS = frozenset({"gzip", "deflate", "br", "identity"})
 
 
 @dataclass(frozen=True)
