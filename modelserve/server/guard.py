@@ -11,6 +11,7 @@ here in the JSON error shape, logged as one warning line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -159,8 +160,9 @@ class ConnectionGuard:
                 # a body that timed out or failed to parse: answer, then close; aiohttp would otherwise try to read
                 # the rest of it and log the same error again as an unhandled exception
                 response.force_close()
-                await response.prepare(request)
-                await response.write_eof()
+                with contextlib.suppress(ConnectionError):  # the client may be gone already
+                    await response.prepare(request)
+                    await response.write_eof()
                 protocol.force_close()
                 return response
             encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
@@ -196,14 +198,14 @@ def content_encoding_middleware() -> Any:
     return check_encoding
 
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # control characters other than horizontal tab end or split a header line
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def invalid_header(name: str, value: str) -> str | None:
     """Why ``name: value`` cannot go on the wire as a response header, or None when it can."""
-    if not _TOKEN.match(name):
+    if not _TOKEN.fullmatch(name):
         return f"name {name!r} is not an HTTP token"
     if _BAD_VALUE.search(value):
         return f"value of {name!r} holds a control character (CR, LF or NUL)"
