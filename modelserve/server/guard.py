@@ -23,7 +23,7 @@ from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError, L
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_urldispatcher import ResourceRoute
 
-from modelserve.server.errors import Handler, error_response
+from modelserve.server.errors import REQUEST_ID_HEADER, Handler, error_response, request_id_of
 
 log = logging.getLogger("modelserve.server")
 
@@ -71,7 +71,9 @@ class GuardedRequestHandler(RequestHandler):
             status = 415
             text = "Content-Encoding not supported: send the body as identity, gzip, deflate or br"
         else:
-            text = str(exc.message or message or "bad request").strip()[:200]
+            # the parser's first line names the problem; the rest echoes the client's bytes under a caret
+            lines = str(exc.message or message or "").strip().splitlines() or ["bad request"]
+            text = lines[0].rstrip(":")[:200]
         log.warning("refused a malformed request from %s: %d %s", request.remote, status, text)
         response = error_response(status, f"malformed request: {text}")
         response.force_close()
@@ -224,6 +226,7 @@ def refuse_oversized_expectations(app: web.Application) -> None:
         limit = request.client_max_size
         if declared is not None and declared > limit:
             response = error_response(413, f"request body of {declared} bytes is larger than the limit of {limit}")
+            response.headers[REQUEST_ID_HEADER] = request_id_of(request)
             response.force_close()
             return response
         expect_value = request.headers.get(hdrs.EXPECT, "")

@@ -253,6 +253,27 @@ def test_header_limit_errors_are_json_with_one_warning_and_no_traceback(server: 
 
 
 @pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"GET /ping HTTP/1.1\r\nHost: x\r\nX-\xff: 1\r\n\r\n", "invalid header token"),
+        (b"GET /models/\xff HTTP/1.1\r\nHost: x\r\n\r\n", "invalid char in url"),
+        (b"POST /predictions/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhi\r\n0\r\n\r\n",
+         "chunk size"),
+        (b"POST /predictions/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+         "duplicate content-length"),
+    ],
+)  # fmt: skip
+def test_a_malformed_request_gets_400_in_the_json_shape_naming_the_problem(
+    server: ServerProcess, raw: bytes, problem: str
+) -> None:
+    status, headers, body = exchange(server.inference, raw)
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    message = json.loads(body)["message"]
+    assert problem in message.lower() and "\n" not in message
+
+
+@pytest.mark.parametrize(
     ("name", "value"),
     [("X-Split", "one\r\nSet-Cookie: forged=1"), ("X-Newline", "a\nb"), ("Bad Name", "v"), ("Content-Type", "a\rb")],
 )
@@ -281,7 +302,8 @@ def test_expect_100_continue_with_an_oversized_length_gets_413_without_100(serve
         reply = read_reply(sock, 5)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:100]
     assert b"100 Continue" not in reply
-    status, _, body = parse_reply(reply)
+    status, headers, body = parse_reply(reply)
+    assert headers["x-request-id"]
     assert "larger than the limit" in json.loads(body)["message"]
     # within the limit the client is told to go on, then served
     with connect(server.inference) as sock:
