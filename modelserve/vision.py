@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from modelserve import safejson
 from modelserve.handler import BadInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,8 +40,8 @@ def payload_bytes(item: dict[str, Any]) -> bytes:
     if isinstance(value, bytes):
         if value[:1] in (b"{", b'"'):
             try:
-                return payload_bytes({"data": json.loads(value)})
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                return payload_bytes({"data": safejson.loads(value)})
+            except safejson.JSONInputError:  # not JSON (or nested too deep): the bytes of an image, or garbage
                 pass
         if not value:
             raise BadInputError("empty request body: send an image")
