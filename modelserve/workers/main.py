@@ -42,6 +42,7 @@ from modelserve.workers.protocol import (
 log = logging.getLogger("modelserve.worker")
 
 TORCHSERVE_DEFAULT_HANDLERS = "ts.torch_handler"
+MAX_REASON_CHARS = 300
 
 
 class Channel:
@@ -148,8 +149,9 @@ def decode_guarded(request: InferRequest) -> dict[str, Any] | InferResult:
     except MemoryError:
         return payload.error_result(507, "not enough memory to decode the request")
     except Exception as exc:
-        log.warning("request %s did not decode (%s: %s)", request.request_id, type(exc).__name__, repr(str(exc)))
-        return payload.error_result(400, f"request body cannot be decoded ({type(exc).__name__}: {exc})")
+        reason = f"{type(exc).__name__}: {str(exc)[:MAX_REASON_CHARS]}"  # a message may quote much of the body
+        log.warning("request %s did not decode (%r)", request.request_id, reason)
+        return payload.error_result(400, f"request body cannot be decoded ({reason})")
 
 
 def _failed_batch(message: InferMessage, status: int, reason: str) -> ResultMessage:
