@@ -70,7 +70,7 @@ class _MultipartCollector:
 
 def _boundary(content_type: str) -> bytes:
     # the header as bytes read as latin-1, which the parameter parser expects (a header may carry any code point)
-    _, options = parse_options_header(content_type.encode("utf-8", "surrogateescape").decode("latin-1"))
+    _, options = parse_options_header(content_type.encode("utf-8", "surrogatepass").decode("latin-1"))
     boundary = options.get(b"boundary", b"")
     # RFC 2046: 1 to 70 characters from a 7-bit set; a header may carry anything, so check before using it
     if not 0 < len(boundary) <= MAX_BOUNDARY_LENGTH or not all(32 <= c < 127 for c in boundary):

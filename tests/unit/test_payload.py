@@ -110,6 +110,8 @@ def test_multipart_with_a_quoted_boundary() -> None:
     [
         "multipart/form-data; boundary=caf\u00e9",  # killed the worker on 090138f (latin-1 encode of the header)
         "multipart/form-data; boundary=\u2603",
+        "multipart/form-data; boundary=\udce9",  # a byte that was no UTF-8, as a surrogate escape
+        "multipart/form-data; boundary=\ud800",
         "multipart/form-data",
         "multipart/form-data; boundary=" + "b" * 71,
     ],
