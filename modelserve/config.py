@@ -150,13 +150,15 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
-WORKERS_PER_CORE = 4
+# the default cap oversubscribes the cores generously: a TorchServe-style store of many small models, each with the
+# default worker count, must fit; a runaway scale (min_worker=200) must not
+WORKERS_PER_CORE = 32
 # the least memory a worker process takes (a Python interpreter with modelserve and numpy), for the default cap
 MIN_WORKER_MEMORY_BYTES = 128 << 20
 
 
 def default_max_workers_total() -> int:
-    """The default cap on worker processes: 4 per core, no more than the machine's memory can hold."""
+    """The default cap on worker processes: 32 per core, no more than the machine's memory can hold."""
     import psutil
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
