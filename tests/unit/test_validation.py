@@ -187,6 +187,6 @@ def test_worker_cap_defaults_to_cores_and_memory_and_can_be_set() -> None:
 
     config = ServerConfig()
     cores = len(os.sched_getaffinity(0))
-    assert 1 <= config.worker_cap() <= 4 * cores
+    assert 1 <= config.worker_cap() <= 32 * cores
     config.apply({"max_workers_total": "7"}, "config.properties")
     assert config.worker_cap() == 7
