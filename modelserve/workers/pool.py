@@ -138,6 +138,11 @@ class _Slot:
         """Take batches until the worker must go; return why (None: the slot is stopping)."""
         down: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._down = down
+        if self.stopping:
+            # stop() came while this worker started and cancelled the start, but the cancellation was lost: Python
+            # 3.11's asyncio.wait_for drops it when the awaited reply lands in the same step. Nobody would resolve
+            # ``down`` then, and the unregister waiting for this slot would hang: the slot stops here instead.
+            down.set_result(None)
         exit_watch = asyncio.ensure_future(worker.wait_exit())
 
         def exited(watch: asyncio.Future[int]) -> None:
