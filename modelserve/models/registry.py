@@ -70,14 +70,15 @@ class ModelRegistry:
 
     # ---- lookup ---------------------------------------------------------------------------------------------
     def get(self, name: str, version: str | None = None) -> ModelVersion:
+        """``version`` of ``name`` (the default when None), with TorchServe's messages when there is none."""
         versions = self.models.get(name)
         if not versions:
-            raise ModelNotFoundError(f"model not found: {name}")
+            raise ModelNotFoundError(f"Model not found: {name}")
         if version is None:
             return versions[self.defaults[name]]
         found = versions.get(version)
         if found is None:
-            raise VersionNotFoundError(f"model {name} has no version {version}")
+            raise VersionNotFoundError(f"Model version: {version} does not exist for model: {name}")
         return found
 
     def versions(self, name: str) -> list[ModelVersion]:

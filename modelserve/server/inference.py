@@ -10,8 +10,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from modelserve.errors import ModelLoadError, ModelNotFoundError, ServiceUnavailableError, VersionNotFoundError
-from modelserve.models.registry import ModelRegistry
+from modelserve.errors import ModelLoadError, ServiceUnavailableError
 from modelserve.models.version import ModelVersion
 from modelserve.server.errors import MAX_BODY_KEY, REQUEST_ID, error_middleware, error_response, status_for
 from modelserve.server.guard import invalid_header
@@ -107,19 +106,6 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return await request.read()
 
 
-def find_version(registry: ModelRegistry, name: str, version: str | None) -> ModelVersion:
-    """``version`` of ``name`` (the default when None), with TorchServe's messages when there is none."""
-    versions = registry.models.get(name)
-    if not versions:
-        raise ModelNotFoundError(f"Model not found: {name}")
-    if version is None:
-        return versions[registry.defaults[name]]
-    found = versions.get(version)
-    if found is None:
-        raise VersionNotFoundError(f"Model version: {version} does not exist for model: {name}")
-    return found
-
-
 async def infer(
     request: web.Request,
     version: ModelVersion,
@@ -179,7 +165,7 @@ async def serve_inference(
     try:
         if state.draining:
             raise ServiceUnavailableError("server is shutting down", retry_after_s=5)
-        version = find_version(state.registry, name, version_name)
+        version = state.registry.get(name, version_name)
         body = await _read_body(request, state.config.max_request_size)
         result = await infer(request, version, body, protocol, extra_headers)
         response = _result_response(result, state.config.max_response_size, protocol is not Protocol.TORCHSERVE)

@@ -27,7 +27,7 @@ from modelserve.models.store import DownloadLimits, ModelSource, download, is_re
 from modelserve.models.version import ModelVersion
 from modelserve.server.auth import token_middleware
 from modelserve.server.errors import DefaultVersionInUseError, error_middleware
-from modelserve.server.inference import add_description_routes, find_version
+from modelserve.server.inference import add_description_routes
 from modelserve.server.openapi import DESCRIBE_ROUTES, Param, RouteDoc, name_param, version_param
 from modelserve.server.routing import accept_trailing_slashes
 from modelserve.server.state import STATE, ServerState
@@ -150,7 +150,7 @@ async def list_models(request: web.Request) -> web.Response:
         last = len(names)
     else:
         body["nextPageToken"] = str(last)
-    body["models"] = [{"modelName": n, "modelUrl": find_version(registry, n, None).url} for n in names[start:last]]
+    body["models"] = [{"modelName": n, "modelUrl": registry.get(n, None).url} for n in names[start:last]]
     return web.json_response(body)
 
 
@@ -254,7 +254,7 @@ async def register_model(request: web.Request) -> web.Response:
 
 
 def _version_of(request: web.Request) -> ModelVersion:
-    return find_version(request.app[STATE].registry, request.match_info["name"], request.match_info.get("version"))
+    return request.app[STATE].registry.get(request.match_info["name"], request.match_info.get("version"))
 
 
 _TS_DESCRIBE_ORDER = (
@@ -307,7 +307,7 @@ async def describe_model(request: web.Request) -> web.Response:
     registry = request.app[STATE].registry
     name = request.match_info["name"]
     if request.match_info.get("version") == "all":
-        find_version(registry, name, None)
+        registry.get(name, None)
         versions = registry.versions(name)
     else:
         versions = [_version_of(request)]
@@ -319,7 +319,7 @@ async def scale_model(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name = request.match_info["name"]
     asked_version = request.match_info.get("version") or request.query.get("model_version") or None
-    version = find_version(state.registry, name, asked_version)
+    version = state.registry.get(name, asked_version)
     min_workers = _int_param(request.query, "min_worker", 1, maximum=MAX_WORKERS)
     assert min_workers is not None
     max_workers = _int_param(request.query, "max_worker", min_workers, maximum=MAX_WORKERS)
@@ -360,7 +360,7 @@ async def unregister_model(request: web.Request) -> web.Response:
 async def set_default(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name, version = request.match_info["name"], request.match_info["version"]
-    find_version(state.registry, name, None)
+    state.registry.get(name, None)
     if version not in state.registry.models[name]:
         raise VersionNotFoundError(f"Model version {version} does not exist for model {name}")
     state.registry.set_default(name, version)

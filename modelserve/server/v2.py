@@ -12,7 +12,7 @@ from modelserve import __version__
 from modelserve.errors import ModelServeError, NotAllowedError
 from modelserve.models.registry import RegisterOptions
 from modelserve.models.version import ModelVersion, VersionState
-from modelserve.server.inference import EXPLAIN_HEADER, find_version, serve_inference
+from modelserve.server.inference import EXPLAIN_HEADER, serve_inference
 from modelserve.server.openapi import Param, RouteDoc, name_param
 from modelserve.server.state import STATE, ServerState
 from modelserve.validation import check_name
@@ -59,7 +59,7 @@ REPOSITORY_ROUTES = [
 
 
 def _version(request: web.Request) -> ModelVersion:
-    return find_version(request.app[STATE].registry, request.match_info["name"], request.match_info.get("version"))
+    return request.app[STATE].registry.get(request.match_info["name"], request.match_info.get("version"))
 
 
 async def server_metadata(request: web.Request) -> web.Response:
