@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from modelserve.batching.types import InferRequest, InferResult
 from modelserve.errors import ServiceUnavailableError
-from modelserve.workers.protocol import InferRequest, InferResult
 
 
 @dataclass(eq=False)

@@ -13,11 +13,12 @@ import psutil
 
 from modelserve.archive.reader import ExtractedArchive
 from modelserve.batching.batcher import Batcher, Job
+from modelserve.batching.types import InferRequest, Protocol
 from modelserve.config import ModelConfig
 from modelserve.errors import ServiceUnavailableError
 from modelserve.stats import VersionStats
 from modelserve.workers.pool import PoolSettings, WorkerPool
-from modelserve.workers.protocol import InferRequest, InitMessage, Protocol
+from modelserve.workers.protocol import InitMessage
 from modelserve.workers.template import WorkerTemplate
 
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".torchscript")

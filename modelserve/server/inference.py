@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from modelserve.batching.types import ERROR_CONTENT_TYPE, InferResult, Protocol
 from modelserve.errors import ModelLoadError, ServiceUnavailableError
 from modelserve.models.version import ModelVersion
 from modelserve.server.errors import MAX_BODY_KEY, REQUEST_ID, error_middleware, error_response, status_for
@@ -17,7 +18,6 @@ from modelserve.server.guard import invalid_header
 from modelserve.server.openapi import DESCRIBE_ROUTES, RouteDoc, build_document, name_param, version_param
 from modelserve.server.routing import accept_trailing_slashes
 from modelserve.server.state import STATE, ServerState
-from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferResult, Protocol
 
 access_log = logging.getLogger("modelserve.access")
 ACCESS_FORMAT = "%s %s %s %s %d %.2fms"

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from modelserve import __version__
+from modelserve.batching.types import Protocol
 from modelserve.errors import ModelServeError, NotAllowedError
 from modelserve.models.registry import RegisterOptions
 from modelserve.models.version import ModelVersion, VersionState
@@ -16,7 +17,6 @@ from modelserve.server.inference import EXPLAIN_HEADER, serve_inference
 from modelserve.server.openapi import Param, RouteDoc, name_param
 from modelserve.server.state import STATE, ServerState
 from modelserve.validation import check_name
-from modelserve.workers.protocol import Protocol
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 

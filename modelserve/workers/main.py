@@ -19,18 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from modelserve import __version__
+from modelserve.batching.types import InferRequest, InferResult, Protocol
 from modelserve.handler import BadInputError, Context, HandleFunction, RequestInfo, ResponseInfo, load_handler
 from modelserve.tscompat import expose_ts_package
 from modelserve.workers import payload
 from modelserve.workers.protocol import (
     LENGTH,
     InferMessage,
-    InferRequest,
-    InferResult,
     InitMessage,
     LoadFailedMessage,
     Message,
-    Protocol,
     ProtocolError,
     ReadyMessage,
     ResultMessage,

@@ -17,8 +17,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from modelserve import safejson
+from modelserve.batching.types import ERROR_CONTENT_TYPE, InferRequest, InferResult, Protocol
 from modelserve.handler import BadInputError, ResponseInfo
-from modelserve.workers.protocol import ERROR_CONTENT_TYPE, InferRequest, InferResult, Protocol
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks

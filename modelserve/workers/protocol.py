@@ -13,12 +13,12 @@ import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from modelserve.batching.types import InferRequest, InferResult
+
 PREFIX = struct.Struct("!IBI")  # frame length, message type, header length
 LENGTH = struct.Struct("!I")
 _HEADER_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder for every frame, not one per call
 MAX_FRAME_BYTES = (1 << 32) - 1
-# content type of a result that carries an error message rather than a handler's output
-ERROR_CONTENT_TYPE = "application/x-modelserve-error"
 
 
 class ProtocolError(Exception):
@@ -80,23 +80,6 @@ class LoadFailedMessage(Message):
     error: str
 
 
-class Protocol(str, enum.Enum):
-    """How a request's body is to be read and its result written."""
-
-    TORCHSERVE = "ts"  # /predictions: raw, JSON or multipart in; bytes, text or JSON out
-    KSERVE_V1 = "v1"  # {"instances": [...]} in, {"predictions": [...]} out
-    OIP_V2 = "v2"  # Open Inference Protocol tensors, JSON or binary
-
-
-@dataclass
-class InferRequest:
-    request_id: str
-    content_type: str
-    headers: dict[str, str]
-    body: bytes = b""
-    protocol: str = Protocol.TORCHSERVE.value
-
-
 @dataclass
 class InferMessage(Message):
     """Parent -> worker: one batch."""
@@ -121,14 +104,6 @@ class InferMessage(Message):
 
     def blobs(self) -> list[bytes]:
         return [r.body for r in self.requests]
-
-
-@dataclass
-class InferResult:
-    status: int
-    content_type: str
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
 
 
 @dataclass

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from modelserve.batching.batcher import Batcher, Job
+from modelserve.batching.types import InferRequest, InferResult
 from modelserve.errors import ServiceUnavailableError
-from modelserve.workers.protocol import InferRequest, InferResult
 
 
 def job(name: str, enqueued_at: float = 100.0) -> Job:

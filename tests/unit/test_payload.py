@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modelserve.batching.types import InferRequest, Protocol
 from modelserve.handler import BadInputError, ResponseInfo
 from modelserve.workers.payload import (
     MAX_PARTS,
@@ -22,7 +23,6 @@ from modelserve.workers.payload import (
     encode_protocol_result,
     encode_result,
 )
-from modelserve.workers.protocol import InferRequest, Protocol
 
 FORM = "application/x-www-form-urlencoded"
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from modelserve.batching.types import InferRequest, InferResult
 from modelserve.workers.protocol import (
     LENGTH,
     InferMessage,
-    InferRequest,
-    InferResult,
     InitMessage,
     ProtocolError,
     ResultMessage,

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from modelserve.batching.types import InferRequest, Protocol
 from modelserve.handler import Context
 from modelserve.workers import main, payload
-from modelserve.workers.protocol import InferMessage, InferRequest, InitMessage, Protocol
+from modelserve.workers.protocol import InferMessage, InitMessage
 
 
 def make_worker(outputs: list[Any] | None = None) -> main.Worker:
