@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--disable-token-auth", action="store_true", help="no bearer token on the management API")
     parser.add_argument("--enable-model-api", action="store_true", help="allow registering/unregistering over HTTP")
+    parser.add_argument("--worker-backend", metavar="NAME", help="where workers run (worker_backend; default: local)")
     parser.add_argument(
         "--pid-file",
         type=Path,
@@ -109,6 +110,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         overrides["enable_model_api"] = "true"
     if args.ncs:
         overrides["model_snapshot"] = "false"
+    if args.worker_backend:
+        overrides["worker_backend"] = args.worker_backend
     return load_server_config(args.ts_config, os.environ, overrides)
 
 

@@ -218,6 +218,8 @@ class ServerConfig:
     trusted_archive_keys: list[str] = field(default_factory=list)
     require_signed_archives: bool = False
     use_worker_template: bool = True
+    # where workers run: a name of modelserve.workers.backend.BACKENDS ("local": processes of this machine)
+    worker_backend: str = "local"
     log_level: str = "INFO"
     log_format: str = "plain"
 
@@ -333,6 +335,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "trusted_archive_keys": lambda v: [k.strip() for k in v.split(",") if k.strip()],
     "require_signed_archives": _bool,
     "use_worker_template": _bool,
+    "worker_backend": lambda v: v.strip().lower() or "local",
     "log_level": lambda v: _choice(v.strip().upper(), ("DEBUG", "INFO", "WARNING", "ERROR")),
     "log_format": lambda v: _choice(v.strip().lower(), ("plain", "json")),
 }

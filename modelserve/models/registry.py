@@ -24,9 +24,9 @@ from modelserve.errors import (
 )
 from modelserve.models.dependencies import install_requirements
 from modelserve.models.store import ModelSource
-from modelserve.models.version import ModelVersion, needs_torch
+from modelserve.models.version import ModelVersion
 from modelserve.validation import check_handler, check_name
-from modelserve.workers.template import WorkerTemplate
+from modelserve.workers.backend import WorkerBackend, load_backend
 
 log = logging.getLogger("modelserve.registry")
 
@@ -45,28 +45,17 @@ class RegisterOptions:
 
 
 class ModelRegistry:
-    def __init__(self, server: ServerConfig, work_dir: Path) -> None:
+    def __init__(self, server: ServerConfig, work_dir: Path, backend: WorkerBackend | None = None) -> None:
         self.server = server
         self.work_dir = work_dir
         self.models: dict[str, dict[str, ModelVersion]] = {}
         self.defaults: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self.limits = ArchiveLimits(max_total_bytes=server.max_archive_size)
-        self._template: WorkerTemplate | None = None
-        self._template_lock = asyncio.Lock()
+        self.backend = backend if backend is not None else load_backend(server.worker_backend, server)
         # start-up registrations run concurrently: until each is in the registry, the thread policy counts it with
         # the default worker count, so the first workers to start do not take every core for themselves
         self.startup_pending = 0
-
-    async def template(self) -> WorkerTemplate | None:
-        """The torch worker template, started on first need; None when it cannot run (workers are spawned then)."""
-        if not self.server.use_worker_template:
-            return None
-        async with self._template_lock:
-            if self._template is None:
-                self._template = WorkerTemplate()
-                await self._template.start(os.environ)
-            return self._template if self._template.available else None
 
     # ---- lookup ---------------------------------------------------------------------------------------------
     def get(self, name: str, version: str | None = None) -> ModelVersion:
@@ -114,8 +103,7 @@ class ModelRegistry:
             return self.server.intra_op_threads
         if "OMP_NUM_THREADS" in os.environ:
             return 0  # the operator chose; leave the environment as it is
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores // max(1, self.total_workers()))
+        return max(1, self.backend.cores() // max(1, self.total_workers()))
 
     # ---- registration -------------------------------------------------------------------------------------------
     def _model_config(self, extracted: ExtractedArchive, options: RegisterOptions) -> ModelConfig:
@@ -173,7 +161,6 @@ class ModelRegistry:
             deps = await install_requirements(
                 extracted, self.server.install_py_dep_per_model, f"model {name} version {version_name}"
             )
-            template = await self.template() if needs_torch(extracted) else None
             async with self._lock:
                 if version_name in self.models.get(name, {}):
                     raise ModelAlreadyExistsError(f"model {name} version {version_name} is already registered")
@@ -182,7 +169,7 @@ class ModelRegistry:
                     name=name, version=version_name, url=source.url, extracted=extracted, config=config,
                     loaded_at_startup=options.loaded_at_startup,
                     max_load_failures=self.server.max_model_load_failures,
-                    thread_count=self.thread_count, handler=options.handler, template=template,
+                    thread_count=self.thread_count, handler=options.handler, backend=self.backend,
                     python_path=[str(deps)] if deps is not None else [],
                 )  # fmt: skip
                 self.models.setdefault(name, {})[version_name] = version
@@ -264,9 +251,7 @@ class ModelRegistry:
         await asyncio.gather(*(v.unload(drain_timeout_s) for v in versions), return_exceptions=True)
         self.models.clear()
         self.defaults.clear()
-        if self._template is not None:
-            await self._template.stop()
-            self._template = None
+        await self.backend.stop()
 
     # ---- snapshot -----------------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

@@ -9,17 +9,15 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-import psutil
-
 from modelserve.archive.reader import ExtractedArchive
 from modelserve.batching.batcher import Batcher, Job
 from modelserve.batching.types import InferRequest, Protocol
 from modelserve.config import ModelConfig
 from modelserve.errors import ServiceUnavailableError
 from modelserve.stats import VersionStats
+from modelserve.workers.backend import WorkerBackend, WorkerSpec
 from modelserve.workers.pool import PoolSettings, WorkerPool
 from modelserve.workers.protocol import InitMessage
-from modelserve.workers.template import WorkerTemplate
 
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".torchscript")
 
@@ -49,8 +47,8 @@ class ModelVersion:
         loaded_at_startup: bool,
         max_load_failures: int,
         thread_count: Callable[[ModelConfig], int],
+        backend: WorkerBackend,
         handler: str | None = None,
-        template: WorkerTemplate | None = None,
         python_path: list[str] | None = None,
     ) -> None:
         self.name = name
@@ -64,6 +62,8 @@ class ModelVersion:
         self.unloading = False
         self.stats = VersionStats()
         self.batcher = Batcher(config.job_queue_size)
+        self.backend = backend
+        self.spec = WorkerSpec(label=f"{name}:{version}", model_dir=extracted.root, needs_torch=needs_torch(extracted))
         self.pool = WorkerPool(
             label=f"{name}:{version}",
             batcher=self.batcher,
@@ -78,7 +78,8 @@ class ModelVersion:
             stats=self.stats,
             make_init=self._init_message,
             thread_count=lambda: thread_count(self.config),
-            template=template,
+            backend=backend,
+            spec=self.spec,
         )
         self.min_workers = config.min_workers
         self.max_workers = config.max_workers
@@ -157,6 +158,8 @@ class ModelVersion:
         return job
 
     async def start(self, workers: int) -> None:
+        """Have the backend ready for this version's workers, then start ``workers`` of them."""
+        await self.backend.prepare(self.spec)
         await self.pool.scale(workers)
 
     async def wait_ready(self) -> None:
@@ -174,25 +177,24 @@ class ModelVersion:
         self.batcher.closed = True
         self.batcher.fail_all(ServiceUnavailableError(f"model {self.name} version {self.version} was unregistered"))
         await self.pool.stop()
+        await self.backend.release(self.spec)
         self.extracted.cleanup()
 
     def describe(self) -> dict[str, Any]:
         workers = []
         for worker in self.pool.workers():
-            memory = 0
-            if worker.pid is not None and worker.alive:
-                try:
-                    memory = psutil.Process(worker.pid).memory_info().rss
-                except psutil.Error:
-                    memory = 0
-            workers.append({
+            usage = worker.usage()
+            entry: dict[str, Any] = {
                 "id": worker.worker_id,
-                "startTime": datetime.fromtimestamp(worker.start_time, timezone.utc).isoformat(),
+                "startTime": datetime.fromtimestamp(worker.handle.start_time, timezone.utc).isoformat(),
                 "status": worker.state.value if worker.alive else "STOPPED",
-                "memoryUsage": memory,
-                "pid": worker.pid,
+                "memoryUsage": usage.memory_bytes,
+                "pid": usage.pid,
                 "gpu": False,
-            })  # fmt: skip
+            }
+            if usage.node is not None:
+                entry["node"] = usage.node
+            workers.append(entry)
         description: dict[str, Any] = {
             "modelName": self.name,
             "modelVersion": self.version,

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modelserve.models.version import ModelVersion
+from modelserve.models.version import ModelVersion, VersionState
 from modelserve.server.errors import error_middleware
 from modelserve.server.inference import add_description_routes
 from modelserve.server.openapi import DESCRIBE_ROUTES, RouteDoc
@@ -97,14 +97,12 @@ class ServerCollector(Collector):
             restarts.add_metric(labels, v.stats.worker_restarts)
             for reason in sorted({"memory", *v.stats.worker_recycles}):
                 recycles.add_metric([*labels, reason], v.stats.worker_recycles[reason])
-            ready.add_metric(labels, 1.0 if v.state.value == "READY" else 0.0)
+            ready.add_metric(labels, 1.0 if v.state is VersionState.READY else 0.0)
             for worker in v.pool.workers():
-                if worker.pid is None or not worker.alive:
-                    continue
-                try:
-                    rss.add_metric([*labels, worker.worker_id], psutil.Process(worker.pid).memory_info().rss)
-                except psutil.Error:
-                    continue
+                if worker.alive:
+                    memory = worker.usage().memory_bytes
+                    if memory:
+                        rss.add_metric([*labels, worker.worker_id], memory)
         yield from (live, restarts, recycles, rss, ready)
 
     def _handler_families(self, versions: list[ModelVersion]) -> Iterator[Metric]:

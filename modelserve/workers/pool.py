@@ -1,4 +1,4 @@
-"""A supervised pool of worker processes for one model version, fed by the version's batcher.
+"""A supervised pool of workers for one model version, fed by the version's batcher.
 
 Each slot runs one worker at a time. The pool forms batches from the version's queue whenever a worker can take one
 (up to PIPELINE_DEPTH each) and sends them in the same call; the worker's reply reader delivers results. A worker that
@@ -14,16 +14,16 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from modelserve.batching.batcher import Batcher, Job
 from modelserve.errors import ModelLoadError, WorkerDiedError, WorkerLoadError
 from modelserve.stats import VersionStats
-from modelserve.workers.process import Dispatch, WorkerProcess, describe_exit, worker_environment
+from modelserve.workers.backend import WorkerBackend, WorkerSpec
+from modelserve.workers.channel import Dispatch, Scheduler, WorkerChannel, WorkerState
 from modelserve.workers.protocol import InferMessage, InitMessage, ResultMessage
-from modelserve.workers.template import WorkerTemplate
 
 log = logging.getLogger("modelserve.pool")
 
@@ -33,6 +33,7 @@ BACKOFF_S = (0.1, 0.1, 0.2, 0.3, 0.5, 0.8, 1.3, 2.1, 3.4, 5.5)
 # why a slot let its worker go on purpose (a reason its _serve returns)
 RECYCLE_MEMORY = "memory"
 _batch_ids = itertools.count(1)
+_SERVING = (WorkerState.READY, WorkerState.BUSY)
 
 
 def backoff_delay(failures: int) -> float:
@@ -61,7 +62,7 @@ class _Slot:
     def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
         self.index = index
-        self.worker: WorkerProcess | None = None
+        self.worker: WorkerChannel | None = None
         self.accepting = False  # the worker is ready and takes batches
         self.outstanding = 0  # batches given to the worker and not finished
         self.stopping = False
@@ -107,23 +108,23 @@ class _Slot:
             self.pool.stats.worker_restarts += 1
             # a worker that lived a while earns a fresh back-off
             deaths = 1 if time.monotonic() - started > 30 else deaths + 1
-            await asyncio.sleep(backoff_delay(deaths))
+            await self.pool.sleep(backoff_delay(deaths))
 
-    async def _start_worker(self) -> WorkerProcess | None:
+    async def _start_worker(self) -> WorkerChannel | None:
         pool = self.pool
         while not self.stopping:
-            worker = WorkerProcess(f"{pool.label}-{next(pool.worker_ids)}", f"{pool.label}:{self.index}")
+            worker_id = f"{pool.label}-{next(pool.worker_ids)}"
+            handle = pool.backend.create(pool.spec, worker_id, f"{pool.label}:{self.index}", pool.thread_count())
+            worker = WorkerChannel(handle, pool.schedule)
             self.worker = worker
             try:
-                await worker.start(
-                    pool.make_init(worker.worker_id), pool.settings.startup_timeout_s, pool.make_env(), pool.template
-                )
+                await worker.start(pool.make_init(worker_id), pool.settings.startup_timeout_s)
             except WorkerLoadError as exc:
                 await worker.kill()
                 failures = pool.load_failed(str(exc))
                 if pool.failed:
                     return None
-                await asyncio.sleep(backoff_delay(failures))
+                await pool.sleep(backoff_delay(failures))
                 continue
             except asyncio.CancelledError:
                 await worker.kill()
@@ -134,7 +135,7 @@ class _Slot:
             return worker
         return None
 
-    async def _serve(self, worker: WorkerProcess) -> str | None:
+    async def _serve(self, worker: WorkerChannel) -> str | None:
         """Take batches until the worker must go; return why (None: the slot is stopping)."""
         down: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._down = down
@@ -145,9 +146,9 @@ class _Slot:
             down.set_result(None)
         exit_watch = asyncio.ensure_future(worker.wait_exit())
 
-        def exited(watch: asyncio.Future[int]) -> None:
+        def exited(watch: asyncio.Future[str]) -> None:
             if not watch.cancelled():
-                self._mark_down(f"worker exited ({describe_exit(watch.result())})")
+                self._mark_down(watch.result())
 
         exit_watch.add_done_callback(exited)
         self.accepting = not self.stopping
@@ -204,12 +205,12 @@ class _Slot:
         message = InferMessage(batch_id=next(_batch_ids), requests=[job.request for job in live])
         worker.submit(Dispatch(message, pool.settings.response_timeout_s, prune, done))
 
-    def _check_memory(self, worker: WorkerProcess) -> None:
+    def _check_memory(self, worker: WorkerChannel) -> None:
         """After a batch: a worker over workerMemoryLimit takes no more batches and is replaced once it is done."""
         limit = self.pool.settings.memory_limit_bytes
         if not limit or worker is not self.worker or self._down is None or self._down.done():
             return
-        rss = worker.rss_bytes()
+        rss = worker.usage().memory_bytes
         if rss > limit:
             log.warning("worker %s uses %d bytes, more than workerMemoryLimit (%d): it is replaced after its batch",
                         worker.worker_id, rss, limit)  # fmt: skip
@@ -217,7 +218,7 @@ class _Slot:
 
     def _deliver(
         self,
-        worker: WorkerProcess,
+        worker: WorkerChannel,
         jobs: list[Job],
         sent: bool,
         reply: ResultMessage | None,
@@ -274,7 +275,10 @@ class WorkerPool:
         stats: VersionStats,
         make_init: Callable[[str], InitMessage],
         thread_count: Callable[[], int],
-        template: WorkerTemplate | None = None,
+        backend: WorkerBackend,
+        spec: WorkerSpec,
+        schedule: Scheduler | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.label = label
         self.batcher = batcher
@@ -282,7 +286,10 @@ class WorkerPool:
         self.stats = stats
         self.make_init = make_init
         self.thread_count = thread_count
-        self.template = template
+        self.backend = backend
+        self.spec = spec
+        self.schedule = schedule  # per-batch timeout timers (None: the event loop's call_later); tests inject theirs
+        self.sleep = sleep  # back-off waits
         self.slots: list[_Slot] = []
         self.worker_ids = itertools.count(1)
         self.failed = False
@@ -346,18 +353,15 @@ class WorkerPool:
         self._timer = None
         self.kick()
 
-    def make_env(self) -> dict[str, str]:
-        return worker_environment(self.thread_count())
-
     @property
     def target(self) -> int:
         return len([s for s in self.slots if not s.stopping])
 
-    def workers(self) -> list[WorkerProcess]:
+    def workers(self) -> list[WorkerChannel]:
         return [s.worker for s in self.slots if s.worker is not None and not s.stopping]
 
     def ready_count(self) -> int:
-        return sum(1 for w in self.workers() if w.alive and w.state.value in ("READY", "BUSY"))
+        return sum(1 for w in self.workers() if w.alive and w.state in _SERVING)
 
     def load_failed(self, error: str) -> int:
         self.last_error = error

@@ -1,4 +1,6 @@
-"""One worker process, seen from the parent: start, send a batch, read the reply, stop.
+"""The local worker backend: workers are processes of this machine.
+
+A worker is started, sent batches, read from and stopped here; what to send when, and timeouts, are the channel's.
 
 Workers are separate programs (``python -m modelserve.workers.main``) that inherit nothing of the parent but one end
 of a unix socket pair. Their stdout and stderr are read line by line into the server log with a
@@ -9,21 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import signal
 import socket
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import psutil
 
-from modelserve.errors import WorkerDiedError, WorkerLoadError, WorkerTimeoutError
+from modelserve.errors import WorkerDiedError, WorkerLoadError
+from modelserve.workers.backend import WorkerEvents, WorkerSpec, WorkerUsage
 from modelserve.workers.protocol import (
     LENGTH,
     InferMessage,
@@ -39,15 +39,11 @@ from modelserve.workers.protocol import (
 )
 from modelserve.workers.template import ForkedProcess, WorkerTemplate
 
+if TYPE_CHECKING:
+    from modelserve.config import ServerConfig
+
 _LEVEL_NAMES = {name: getattr(logging, name) for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
 log = logging.getLogger("modelserve.worker")
-
-
-class WorkerState(enum.Enum):
-    STARTING = "STARTING"
-    READY = "READY"
-    BUSY = "BUSY"
-    STOPPED = "STOPPED"
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -59,24 +55,6 @@ def describe_exit(returncode: int | None) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exit code {returncode}"
-
-
-@dataclass(eq=False)
-class Dispatch:
-    """One batch on its way through a worker.
-
-    ``prune`` runs just before the batch is sent and may drop requests whose clients went away (None: nothing left,
-    the batch is not sent). ``on_done`` is called exactly once: with the reply, with (None, None) when pruned to
-    nothing, or with the error; ``sent`` then says whether the worker ever received it.
-    """
-
-    message: InferMessage
-    timeout_s: float
-    prune: Callable[[InferMessage], InferMessage | None] | None
-    on_done: Callable[[Dispatch, ResultMessage | None, BaseException | None], None]
-    sent: bool = False
-    finished: bool = False
-    timer: asyncio.TimerHandle | None = None
 
 
 class _FrameReader(asyncio.Protocol):
@@ -114,23 +92,25 @@ class _FrameReader(asyncio.Protocol):
         self._on_closed()
 
 
-class WorkerProcess:
-    """The parent's handle on one worker process."""
+class LocalWorker:
+    """A worker process on this machine (a ``WorkerHandle``), forked from the template or started as a program."""
 
-    def __init__(self, worker_id: str, log_prefix: str) -> None:
+    def __init__(
+        self, worker_id: str, log_prefix: str, env: Mapping[str, str], template: WorkerTemplate | None
+    ) -> None:
         self.worker_id = worker_id
         self.log_prefix = log_prefix
-        self.state = WorkerState.STARTING
         self.start_time = time.time()
+        self.signature: dict[str, Any] = {}
         self.process: asyncio.subprocess.Process | ForkedProcess | None = None
+        self._env = env
+        self._template = template
+        self._events: WorkerEvents | None = None
         self._transport: asyncio.Transport | None = None
         self._first: asyncio.Future[Message] | None = None  # the worker's first frame (ready or load failed)
         self._closing = False
         self._closed_task: asyncio.Task[None] | None = None
         self._log_tasks: list[asyncio.Task[None]] = []
-        self.signature: dict[str, Any] = {}
-        self._pending: deque[Dispatch] = deque()  # sent to the worker, not yet answered (at most one)
-        self._armed: deque[Dispatch] = deque()  # formed, waiting for the worker to finish the current batch
         self._kill_task: asyncio.Task[None] | None = None
         self._ps: psutil.Process | None = None
 
@@ -142,30 +122,27 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
-    def rss_bytes(self) -> int:
-        """The worker's resident memory now (0 when it cannot be read)."""
-        if self.pid is None or not self.alive:
-            return 0
+    def usage(self) -> WorkerUsage:
+        """The worker's pid and resident memory now (0 when it cannot be read)."""
+        pid = self.pid
+        if pid is None or not self.alive:
+            return WorkerUsage(pid=pid)
         try:
-            if self._ps is None or self._ps.pid != self.pid:
-                self._ps = psutil.Process(self.pid)
-            return int(self._ps.memory_info().rss)
+            if self._ps is None or self._ps.pid != pid:
+                self._ps = psutil.Process(pid)
+            return WorkerUsage(memory_bytes=int(self._ps.memory_info().rss), pid=pid)
         except psutil.Error:
-            return 0
+            return WorkerUsage(pid=pid)
 
-    async def start(
-        self,
-        init: InitMessage,
-        startup_timeout_s: float,
-        env: Mapping[str, str],
-        template: WorkerTemplate | None = None,
-    ) -> None:
+    async def start(self, init: InitMessage, startup_timeout_s: float, events: WorkerEvents) -> None:
         """Start the worker (forked from the template when given) and wait until its handler initialized."""
+        self._events = events
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        template = self._template
         try:
             if template is not None and template.available:
                 try:
-                    self.process = await template.spawn(child_sock.fileno(), env)
+                    self.process = await template.spawn(child_sock.fileno(), self._env)
                 except OSError as exc:
                     log.warning("worker template failed (%s); starting %s as a separate program", exc, self.worker_id)
             if self.process is None:
@@ -175,7 +152,7 @@ class WorkerProcess:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
-                    env=dict(env),
+                    env=dict(self._env),
                 )  # fmt: skip
         except OSError as exc:
             parent_sock.close()
@@ -214,7 +191,6 @@ class WorkerProcess:
             await self.kill()
             raise WorkerLoadError(f"unexpected first reply {type(reply).__name__}")
         self.signature = reply.signature
-        self.state = WorkerState.READY
 
     async def _pump(self, stream: asyncio.StreamReader | None, level: int) -> None:
         if stream is None:
@@ -239,6 +215,9 @@ class WorkerProcess:
             raise WorkerDiedError("worker connection closed")
         self._transport.writelines(encode(message))
 
+    def send(self, message: InferMessage) -> None:
+        self._send(message)
+
     def _on_frame(self, frame: bytes) -> None:
         """One whole frame from the worker: its first message, or the reply to the oldest batch sent."""
         try:
@@ -249,29 +228,21 @@ class WorkerProcess:
         if self._first is not None and not self._first.done():
             self._first.set_result(message)
             return
-        if not self._pending:
+        if not isinstance(message, ResultMessage):
             self._broken(f"worker sent an unexpected {type(message).__name__}")
             return
-        dispatch = self._pending[0]
-        if (
-            not isinstance(message, ResultMessage)
-            or message.batch_id != dispatch.message.batch_id
-            or len(message.results) != len(dispatch.message.requests)
-        ):
-            self._broken(f"worker answered out of protocol ({type(message).__name__})")
-            return
-        self._pending.popleft()
-        self._dispatch_next()  # the worker gets its next batch before this one's results are delivered
-        self._finish(dispatch, message, None)
+        if self._events is not None:
+            self._events.on_reply(message)
 
     def _broken(self, reason: str) -> None:
-        """The worker broke the protocol: fail what it holds and kill it."""
-        self._fail_all(WorkerDiedError(reason))
+        """The worker broke the protocol: report it lost and kill it."""
+        if self._events is not None:
+            self._events.on_lost(WorkerDiedError(reason))
         if self._kill_task is None:
             self._kill_task = asyncio.create_task(self.kill())
 
     def _on_closed(self) -> None:
-        """The worker's end of the socket closed: fail what it held with the reason it exited."""
+        """The worker's end of the socket closed: report it lost with the reason it exited."""
         if self._closing:
             return
         self._closed_task = asyncio.create_task(self._report_exit())
@@ -280,7 +251,8 @@ class WorkerProcess:
         error = WorkerDiedError(await self._death_reason())
         if self._first is not None and not self._first.done():
             self._first.set_exception(error)
-        self._fail_all(error)
+        if self._events is not None:
+            self._events.on_lost(error)
 
     async def _death_reason(self) -> str:
         assert self.process is not None
@@ -288,59 +260,9 @@ class WorkerProcess:
             await asyncio.wait_for(self.process.wait(), 2.0)
         return describe_exit(self.process.returncode)
 
-    def submit(self, dispatch: Dispatch) -> None:
-        """Queue a batch: sent at once when the worker is idle, else armed until it answers the current one.
-
-        One batch computes at a time; ``responseTimeout`` counts from when a batch is sent.
-        """
-        self._armed.append(dispatch)
-        self.state = WorkerState.BUSY
-        self._dispatch_next()
-
-    def _dispatch_next(self) -> None:
-        """Send armed batches until one is at the worker (batches whose clients all left are skipped)."""
-        while not self._pending and self._armed:
-            dispatch = self._armed.popleft()
-            message = dispatch.prune(dispatch.message) if dispatch.prune is not None else dispatch.message
-            if message is None:
-                self._finish(dispatch, None, None)
-                continue
-            dispatch.message = message
-            if self._transport is None or self._transport.is_closing():
-                self._finish(dispatch, None, WorkerDiedError("worker connection closed"))
-                continue
-            self._transport.writelines(encode(message))
-            dispatch.sent = True
-            dispatch.timer = asyncio.get_running_loop().call_later(dispatch.timeout_s, self._timed_out, dispatch)
-            self._pending.append(dispatch)
-
-    def _finish(self, dispatch: Dispatch, reply: ResultMessage | None, error: BaseException | None) -> None:
-        if dispatch.finished:
-            return
-        dispatch.finished = True
-        if dispatch.timer is not None:
-            dispatch.timer.cancel()
-        if not self._pending and not self._armed and self.state is WorkerState.BUSY:
-            self.state = WorkerState.READY
-        dispatch.on_done(dispatch, reply, error)
-
-    def _timed_out(self, dispatch: Dispatch) -> None:
-        """The handler is past responseTimeout: its batch fails with 504 and the worker is killed."""
-        timeout = WorkerTimeoutError(f"handler did not answer within responseTimeout ({dispatch.timeout_s:g} s)")
-        self._finish(dispatch, None, timeout)
-        if self._kill_task is None:
-            self._kill_task = asyncio.create_task(self.kill())
-
-    def _fail_all(self, error: WorkerDiedError) -> None:
-        batches = [*self._pending, *self._armed]
-        self._pending.clear()
-        self._armed.clear()
-        for dispatch in batches:
-            self._finish(dispatch, None, error)
-
-    async def wait_exit(self) -> int:
+    async def wait_exit(self) -> str:
         assert self.process is not None
-        return await self.process.wait()
+        return f"worker exited ({describe_exit(await self.process.wait())})"
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Ask the worker to exit; kill it if it does not within ``grace_s``."""
@@ -362,7 +284,6 @@ class WorkerProcess:
         await self._close()
 
     async def _close(self) -> None:
-        self.state = WorkerState.STOPPED
         if self._closing:
             return
         self._closing = True
@@ -370,7 +291,8 @@ class WorkerProcess:
         if self._first is not None and not self._first.done():
             self._first.set_exception(closed)
             self._first.exception()
-        self._fail_all(closed)
+        if self._events is not None:
+            self._events.on_lost(closed)
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -393,3 +315,43 @@ def worker_environment(threads: int) -> dict[str, str]:
             env[key] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+class LocalBackend:
+    """Workers as processes of this machine; torch workers forked from one shared template (``WorkerBackend``)."""
+
+    name = "local"
+
+    def __init__(self, config: ServerConfig) -> None:
+        self._use_template = config.use_worker_template
+        self._template: WorkerTemplate | None = None
+        self._template_lock = asyncio.Lock()
+
+    def cores(self) -> int:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    async def prepare(self, spec: WorkerSpec) -> None:
+        """Torch workers: start the template on first need (workers start as programs when it cannot run)."""
+        if spec.needs_torch:
+            await self._torch_template()
+
+    async def _torch_template(self) -> WorkerTemplate | None:
+        if not self._use_template:
+            return None
+        async with self._template_lock:
+            if self._template is None:
+                self._template = WorkerTemplate()
+                await self._template.start(os.environ)
+            return self._template if self._template.available else None
+
+    def create(self, spec: WorkerSpec, worker_id: str, log_prefix: str, threads: int) -> LocalWorker:
+        template = self._template if spec.needs_torch and self._template is not None else None
+        return LocalWorker(worker_id, log_prefix, worker_environment(threads), template)
+
+    async def release(self, spec: WorkerSpec) -> None:
+        return None  # the template is shared by every version; it goes with the server
+
+    async def stop(self) -> None:
+        if self._template is not None:
+            await self._template.stop()
+            self._template = None
