@@ -6,7 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.support.server import make_archive, running_server
+from tests.support.server import make_archive, running_server, wait_for
 
 
 def test_batches_fill_up_to_batch_size_under_concurrent_load(tmp_path: Path, store: Path) -> None:
@@ -32,7 +32,8 @@ def test_partial_batch_waits_at_most_max_batch_delay_while_busy(tmp_path: Path, 
     with running_server(tmp_path, store, ["patient.mar"], extra_args=["--ncs"]) as server:
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(server.predict, "patient", b"a")
-            time.sleep(0.2)  # the first batch is in flight: the second worker waits for company
+            # the first batch is being computed: the second worker waits for company
+            wait_for(lambda: "BUSY" in server.manage("GET", "/models/patient").text, 10, "the first batch is computing")
             started = time.monotonic()
             second = pool.submit(server.predict, "patient", b"b")
             response = second.result()

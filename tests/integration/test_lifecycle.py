@@ -62,9 +62,20 @@ def test_snapshot_restores_models_versions_defaults_and_workers(tmp_path: Path, 
 
 def test_ncs_neither_writes_nor_restores(tmp_path: Path, store: Path) -> None:
     make_archive(store, "echo", "echo_handler.py", config_yaml="minWorkers: 1\n")
-    with running_server(tmp_path, store, ["echo.mar"], extra_args=["--ncs"]):
+    snapshot = tmp_path / "logs" / "config" / "snapshot.json"
+    with running_server(tmp_path, store, ["echo.mar"], extra_args=["--ncs"]) as server:
+        assert server.predict("echo", b"x").status == 200
+    assert not snapshot.exists(), "--ncs writes no snapshot"
+    with running_server(tmp_path, store, ["echo.mar"]):
         pass
-    assert not (tmp_path / "logs" / "config" / "snapshot.json").exists()
+    written = snapshot.read_bytes()
+    assert b"echo" in written, "without --ncs the snapshot records echo: a server started from it would load echo"
+    with running_server(tmp_path, store, [], extra_args=["--ncs"]) as server:
+        assert server.manage("GET", "/models").json()["models"] == [], "--ncs restores nothing"
+    assert snapshot.read_bytes() == written, "--ncs leaves the snapshot as it was"
+    with running_server(tmp_path, store, []) as server:
+        models = server.manage("GET", "/models").json()["models"]
+        assert [m["modelName"] for m in models] == ["echo"], "the same start without --ncs restores the snapshot"
 
 
 def test_startup_reports_bound_addresses_quickly(tmp_path: Path, store: Path) -> None:
