@@ -14,13 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from modelserve.datatypes import oip_datatype
 from modelserve.handler import BadInputError, BaseHandler, Context
+from modelserve.runtimes.onnx import OnnxRuntime
 
 
 class OnnxTabular(BaseHandler):
     def initialize(self, context: Context) -> None:
         super().initialize(context)
-        if self.model is None or self.model.kind != "onnx":
+        if not isinstance(self.model, OnnxRuntime):
             raise ValueError("the onnx handler needs an .onnx serialized file")
         config = self.handler_config
         names = config.get("feature_names")
@@ -37,16 +39,15 @@ class OnnxTabular(BaseHandler):
         """Inputs and outputs as the Open Inference Protocol sees them (probabilities as [rows, classes])."""
         spec = self.model.inputs[0]
         outputs = self.model.outputs
-        probe = self.model.model.run(None, {self.input_name: np.zeros((1, self.width or 1), dtype=self.dtype)})
+        probe = self.model.run_named({self.input_name: np.zeros((1, self.width or 1), dtype=self.dtype)})
         label = np.asarray(probe[0])
-        described = [{"name": outputs[0].name, "datatype": "BYTES" if label.dtype.kind in "OUS" else "INT64",
-                      "shape": [-1]}]  # fmt: skip
+        described = [{"name": outputs[0].name, "datatype": oip_datatype(label.dtype), "shape": [-1]}]
         if len(probe) > 1:
             first = probe[1][0]
             classes = len(first) if isinstance(first, dict) else int(np.asarray(first).size)
             described.append({"name": outputs[1].name, "datatype": "FP32", "shape": [-1, classes]})
-        datatype = {"float32": "FP32", "float64": "FP64", "int64": "INT64"}.get(spec.dtype, "FP32")
-        return {"inputs": [{"name": spec.name, "datatype": datatype, "shape": spec.shape}], "outputs": described}
+        inputs = [{"name": spec.name, "datatype": oip_datatype(self.dtype), "shape": spec.shape}]
+        return {"inputs": inputs, "outputs": described}
 
     def _row(self, row: Any) -> list[Any]:
         if isinstance(row, dict):
@@ -97,7 +98,7 @@ class OnnxTabular(BaseHandler):
         return np.concatenate([array for array, _, _ in samples])
 
     def inference(self, data: Any, *args: Any, **kwargs: Any) -> Any:
-        return self.model.model.run(None, {self.input_name: data})
+        return self.model.run_named({self.input_name: data})
 
     def _row_result(self, outputs: list[Any], index: int) -> dict[str, Any]:
         if len(outputs) == 1:

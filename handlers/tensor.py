@@ -82,9 +82,10 @@ class TensorHandler(BaseHandler):
         if value is None:
             raise BadInputError('empty input: send a JSON array, {"inputs": {...}} or a .npy file')
         named = value if isinstance(value, dict) else {self.input_names[0]: value}
-        missing = [n for n in self.input_names if n not in named] if self.model is not None else []
-        if missing and self.model is not None and self.model.kind == "onnx":
-            raise BadInputError(f"missing input(s): {', '.join(missing)}")
+        if self.model is not None and self.model.feeds_by_name:
+            missing = [n for n in self.input_names if n not in named]
+            if missing:
+                raise BadInputError(f"missing input(s): {', '.join(missing)}")
         arrays: dict[str, np.ndarray] = {}
         single = False
         for name, raw in named.items():
@@ -107,12 +108,10 @@ class TensorHandler(BaseHandler):
             raise BadInputError(f"requests in this batch have different shapes: {exc}") from None
 
     def inference(self, data: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.model.kind == "onnx":
-            return self.model.run(data)
-        return self.model.run(*[data[n] for n in data])
+        return self.model.run_named(data)
 
     def postprocess(self, data: Any) -> list[Any]:
-        outputs = data if isinstance(data, (list, tuple)) else [data]
+        outputs = data if isinstance(data, (list, tuple)) else [data]  # a subclass's inference may return one array
         names = [s.name for s in self.model.outputs] or [f"output_{i}" for i in range(len(outputs))]
         results = []
         start = 0

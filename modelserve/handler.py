@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from modelserve.handler_errors import BadInputError, HandlerError, PredictionError
 from modelserve.handler_metrics import HandlerMetrics, MetricSample
 
 __all__ = [
@@ -37,26 +38,6 @@ __all__ = [
     "ResponseInfo",
     "load_handler",
 ]
-
-
-class HandlerError(Exception):
-    """Raised by the server when a handler module cannot be loaded or breaks the contract."""
-
-
-class BadInputError(ValueError):
-    """Raise from a handler when a request's input is malformed: the client gets 400 with this message."""
-
-
-class PredictionError(Exception):
-    """Raise from a handler to answer the whole batch with ``error_code`` (4xx or 5xx) and ``message``.
-
-    TorchServe's ``ts.utils.util.PredictionException`` is this class under its own name.
-    """
-
-    def __init__(self, message: str, error_code: int = 500) -> None:
-        self.message = message
-        self.error_code = error_code
-        super().__init__(message)
 
 
 @dataclass
@@ -239,7 +220,7 @@ class BaseHandler:
     """Default handler flow: ``preprocess`` -> ``inference`` -> ``postprocess``.
 
     ``initialize`` loads the archive's model (eager, TorchScript, safetensors weights or ONNX) into ``self.model``
-    (a ``modelserve.loading.LoadedModel``). Subclasses override the steps they need.
+    (a ``modelserve.runtimes.ModelRuntime``). Subclasses override the steps they need.
 
     A subclass that defines ``preprocess_one(item)`` and ``collate(samples)`` gets per-request input errors: an item
     whose ``preprocess_one`` raises ``BadInputError`` is answered with 400 while the rest of the batch runs.
@@ -266,7 +247,7 @@ class BaseHandler:
         return section if isinstance(section, dict) else {}
 
     def initialize(self, context: Context) -> None:
-        from modelserve.loading import load_model
+        from modelserve.runtimes import load_model
 
         self.context = context
         model_dir = Path(context.system_properties["model_dir"])
@@ -279,6 +260,20 @@ class BaseHandler:
                 through_run = type(self).inference is BaseHandler.inference
             self.model.enable_optimization(release_original=through_run)
         self.initialized = True
+
+    def signature(self) -> dict[str, Any]:
+        """Inputs and outputs for OIP metadata: model-config.yaml ``inputs``/``outputs`` win, else the model's own."""
+        from modelserve.runtimes import ModelRuntime
+
+        signature: dict[str, Any] = {"inputs": [], "outputs": []}
+        if isinstance(self.model, ModelRuntime):
+            signature = dict(self.model.signature())
+        configured_in = self.context.model_yaml_config if self.context is not None else {}
+        for key in ("inputs", "outputs"):
+            configured = configured_in.get(key)
+            if isinstance(configured, list):
+                signature[key] = [dict(item) for item in configured if isinstance(item, dict)]
+        return signature
 
     def preprocess_one(self, item: dict[str, Any]) -> Any:
         raise NotImplementedError

@@ -13,8 +13,8 @@ from torch import nn
 
 from modelserve import optimize
 from modelserve.handler import BaseHandler, Context
-from modelserve.loading import LoadedModel
 from modelserve.optimize import RUN, WARMUP_CALLS, FormChooser, same_answer
+from modelserve.runtimes.pytorch import TorchRuntime
 
 CALLS_PER_SHAPE = WARMUP_CALLS + 2 * RUN
 
@@ -186,7 +186,7 @@ def handler_for(tmp_path: Path, config: dict[str, Any]) -> BaseHandler:
 
 def test_the_handler_enables_optimization_unless_configured_off(tmp_path: Path) -> None:
     on = handler_for(tmp_path, {})
-    assert isinstance(on.model, LoadedModel) and on.model.forms is not None
+    assert isinstance(on.model, TorchRuntime) and on.model.forms is not None
     x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
     for _ in range(CALLS_PER_SHAPE):
         np.testing.assert_allclose(on.inference(x), on.model.model(torch.from_numpy(x)).detach().numpy(), rtol=1e-4)

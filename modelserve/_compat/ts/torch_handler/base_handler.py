@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from modelserve.loading import load_state_dict
+from modelserve.runtimes.eager import EagerRuntime
+from modelserve.runtimes.safetensors import SafetensorsRuntime
 from ts.handler_utils.timer import timed
 from ts.utils.util import check_valid_pt2_backend, list_classes_from_module, load_label_mapping
 
@@ -126,7 +127,9 @@ class BaseHandler(abc.ABC):  # noqa: B024 - abstract in name only, as TorchServe
             raise ValueError(f"Expected only one class as model definition. {classes}")
         model = classes[0]()
         if model_pt_path:
-            model.load_state_dict(load_state_dict(Path(model_pt_path), str(self.device)))
+            path = Path(model_pt_path)
+            weights = SafetensorsRuntime if path.suffix in SafetensorsRuntime.suffixes else EagerRuntime
+            model.load_state_dict(weights.read_weights(path, str(self.device)))
         return model
 
     @staticmethod
