@@ -14,19 +14,11 @@ from modelserve.batching.batcher import Batcher, Job
 from modelserve.batching.types import InferRequest, Protocol
 from modelserve.config import ModelConfig
 from modelserve.errors import ServiceUnavailableError
+from modelserve.runtimes import needs_torch, platform_for
 from modelserve.stats import VersionStats
 from modelserve.workers.backend import WorkerBackend, WorkerSpec
 from modelserve.workers.pool import PoolSettings, WorkerPool
 from modelserve.workers.protocol import InitMessage
-
-TORCH_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".torchscript")
-
-
-def needs_torch(extracted: ExtractedArchive) -> bool:
-    """Whether the version's workers will load torch (and so are best forked from the torch template)."""
-    manifest = extracted.manifest
-    serialized = manifest.serialized_file or ""
-    return bool(manifest.model_file) or serialized.endswith(TORCH_SUFFIXES)
 
 
 class VersionState(enum.Enum):
@@ -63,7 +55,9 @@ class ModelVersion:
         self.stats = VersionStats()
         self.batcher = Batcher(config.job_queue_size)
         self.backend = backend
-        self.spec = WorkerSpec(label=f"{name}:{version}", model_dir=extracted.root, needs_torch=needs_torch(extracted))
+        self.spec = WorkerSpec(
+            label=f"{name}:{version}", model_dir=extracted.root, needs_torch=needs_torch(extracted.manifest)
+        )
         self.pool = WorkerPool(
             label=f"{name}:{version}",
             batcher=self.batcher,
@@ -117,12 +111,7 @@ class ModelVersion:
 
     @property
     def platform(self) -> str:
-        serialized = self.extracted.manifest.serialized_file or ""
-        if serialized.endswith((".onnx", ".ort")):
-            return "onnxruntime_onnx"
-        if serialized.endswith((".pt", ".pth", ".safetensors")):
-            return "pytorch_libtorch"
-        return "python"
+        return platform_for(self.extracted.manifest)
 
     @property
     def healthy(self) -> bool:
