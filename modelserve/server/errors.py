@@ -1,4 +1,5 @@
-"""The one place where domain errors become HTTP status codes and JSON error bodies."""
+"""The one place where domain errors become HTTP status codes and JSON error bodies (in the shape of the request's
+protocol codec)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
@@ -27,6 +29,11 @@ from modelserve.errors import (
     WorkerLoadError,
     WorkerTimeoutError,
 )
+from modelserve.protocols import codec_for_path, torchserve
+from modelserve.protocols.codec import Codec
+
+if TYPE_CHECKING:
+    from modelserve.server.state import ServerState
 
 log = logging.getLogger("modelserve.server")
 
@@ -62,24 +69,6 @@ TYPE_BY_ERROR: list[tuple[type[Exception], str]] = [
     (ModelAlreadyExistsError, "ConflictStatusException"),
 ]
 
-TYPE_NAMES = {
-    400: "BadRequestException",
-    401: "Unauthorized",
-    403: "ForbiddenException",
-    404: "ModelNotFoundException",
-    405: "MethodNotAllowedException",
-    408: "RequestTimeout",
-    409: "ConflictStatusException",
-    413: "RequestEntityTooLarge",
-    415: "UnsupportedMediaType",
-    417: "ExpectationFailed",
-    431: "RequestHeaderFieldsTooLarge",
-    500: "InternalServerException",
-    503: "ServiceUnavailableException",
-    504: "RequestTimeoutException",
-    507: "InsufficientStorageException",
-}
-
 
 def status_for(error: Exception) -> int:
     for kind, status in STATUS_BY_ERROR:
@@ -99,16 +88,18 @@ def error_response(
     status: int,
     message: str,
     headers: dict[str, str] | None = None,
-    v2_style: bool = False,
+    codec: Codec = torchserve.CODEC,
     type_name: str | None = None,
 ) -> web.Response:
-    """TorchServe-style ``{"code", "type", "message"}``; the Open Inference Protocol's ``{"error"}`` on /v2."""
-    body: dict[str, object]
-    if v2_style:
-        body = {"error": message}
-    else:
-        body = {"code": status, "type": type_name or TYPE_NAMES.get(status, "ServerException"), "message": message}
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
+    """The error in ``codec``'s shape: TorchServe's ``{"code", "type", "message"}`` unless told otherwise."""
+    document = codec.error_document(status, message, type_name)
+    return web.Response(status=status, text=json.dumps(document), content_type="application/json", headers=headers)
+
+
+def require_model_api(state: ServerState, action: str) -> None:
+    """Refuse (405) a request that would change the models when the model API is off."""
+    if not state.model_api_enabled:
+        raise NotAllowedError(f"the model API is disabled: start with --enable-model-api {action}")
 
 
 def _retry_headers(error: Exception) -> dict[str, str] | None:
@@ -140,11 +131,12 @@ def _body_error_message(request: web.Request, exc: Exception) -> str:
     return f"request body is malformed: {str(detail).strip()[:200]}"
 
 
-def _map_error(request: web.Request, exc: BaseException, v2: bool) -> web.StreamResponse:
+def _map_error(request: web.Request, exc: BaseException) -> web.StreamResponse:
+    codec = codec_for_path(request.path)
     if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
-        return error_response(400, _body_error_message(request, exc), None, v2)
+        return error_response(400, _body_error_message(request, exc), None, codec)
     if isinstance(exc, ModelServeError):
-        return error_response(status_for(exc), str(exc), _retry_headers(exc), v2, type_for(exc))
+        return error_response(status_for(exc), str(exc), _retry_headers(exc), codec, type_for(exc))
     if isinstance(exc, web.HTTPException):
         custom = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
         if exc.status == 413:
@@ -160,9 +152,9 @@ def _map_error(request: web.Request, exc: BaseException, v2: bool) -> web.Stream
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
         # a path that names no route is TorchServe's ResourceNotFoundException, not a missing model
         type_name = "ResourceNotFoundException" if exc.status == 404 and not custom else None
-        return error_response(exc.status, message, headers or None, v2, type_name)
+        return error_response(exc.status, message, headers or None, codec, type_name)
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    return error_response(500, f"internal error: {type(exc).__name__}", None, v2)
+    return error_response(500, f"internal error: {type(exc).__name__}", None, codec)
 
 
 @web.middleware
@@ -175,9 +167,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = _map_error(request, exc, request.path.startswith(("/v2", "/v1")))
+        response = _map_error(request, exc)
     except Exception as exc:
-        response = _map_error(request, exc, request.path.startswith(("/v2", "/v1")))
+        response = _map_error(request, exc)
     response.headers[REQUEST_ID_HEADER] = request_id
     return response
 

@@ -14,19 +14,20 @@ from typing import Any
 from aiohttp import web
 
 from modelserve import safejson
+from modelserve.booleans import query_bool
 from modelserve.errors import (
     InvalidRequestError,
     ModelLoadError,
     ModelNotFoundError,
     ModelServeError,
-    NotAllowedError,
     VersionNotFoundError,
 )
 from modelserve.models.registry import RegisterOptions
 from modelserve.models.store import DownloadLimits, ModelSource, download, is_remote
 from modelserve.models.version import ModelVersion
+from modelserve.server import v2
 from modelserve.server.auth import token_middleware
-from modelserve.server.errors import DefaultVersionInUseError, error_middleware
+from modelserve.server.errors import DefaultVersionInUseError, error_middleware, require_model_api
 from modelserve.server.inference import add_description_routes
 from modelserve.server.openapi import DESCRIBE_ROUTES, Param, RouteDoc, name_param, version_param
 from modelserve.server.routing import accept_trailing_slashes
@@ -108,9 +109,7 @@ def _int_param(
 
 def _bool_param(params: Params, key: str, default: bool) -> bool:
     raw = params.get(key)
-    if raw is None:
-        return default
-    return raw.lower() == "true"
+    return default if raw is None else query_bool(raw)
 
 
 async def _register_params(request: web.Request) -> Params:
@@ -154,12 +153,7 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def _require_model_api(state: ServerState) -> None:
-    if not state.model_api_enabled:
-        raise NotAllowedError(
-            "the model API is disabled: start with --enable-model-api (or enable_model_api=true) to register or "
-            "unregister models over HTTP"
-        )
+_MODEL_API_USE = "(or enable_model_api=true) to register or unregister models over HTTP"
 
 
 async def _fetch_source(state: ServerState, url: str) -> ModelSource:
@@ -220,7 +214,7 @@ def _load_failure(version: ModelVersion, error: Exception) -> ModelLoadError:
 async def register_model(request: web.Request) -> web.Response:
     """Register a version; by default (as in TorchServe) answer once its workers are up."""
     state = request.app[STATE]
-    _require_model_api(state)
+    require_model_api(state, _MODEL_API_USE)
     params = await _register_params(request)
     url = params.get("url")
     if url is None:
@@ -345,7 +339,7 @@ async def scale_model(request: web.Request) -> web.Response:
 
 async def unregister_model(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    _require_model_api(state)
+    require_model_api(state, _MODEL_API_USE)
     registry = state.registry
     version = _version_of(request)
     if len(registry.versions(version.name)) > 1 and registry.defaults.get(version.name) == version.version:
@@ -374,8 +368,6 @@ def create_management_app(state: ServerState, token: str | None) -> web.Applicat
         middlewares.append(token_middleware(token))
     app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[STATE] = state
-    from modelserve.server import v2
-
     add_description_routes(app, "Management API", ROUTES + v2.REPOSITORY_ROUTES)
     app.router.add_get("/models", list_models)
     app.router.add_post("/models", register_model)

@@ -3,17 +3,18 @@ repository extension on the management port. Errors on these routes are ``{"erro
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from modelserve import __version__
-from modelserve.batching.types import Protocol
-from modelserve.errors import ModelServeError, NotAllowedError
+from modelserve.errors import ModelServeError
 from modelserve.models.registry import RegisterOptions
 from modelserve.models.version import ModelVersion, VersionState
-from modelserve.server.inference import EXPLAIN_HEADER, serve_inference
+from modelserve.protocols import kserve_v1, oip
+from modelserve.server.dataplane import EXPLAIN_HEADER
+from modelserve.server.errors import require_model_api
+from modelserve.server.http_dataplane import serve
 from modelserve.server.openapi import Param, RouteDoc, name_param
 from modelserve.server.state import STATE, ServerState
 from modelserve.validation import check_name
@@ -113,29 +114,21 @@ async def model_config(request: web.Request) -> web.Response:
     })  # fmt: skip
 
 
+_PREDICT = {EXPLAIN_HEADER: "False"}
+_EXPLAIN = {EXPLAIN_HEADER: "True"}
+
+
 async def infer(request: web.Request) -> web.StreamResponse:
-    return await serve_inference(request, Protocol.OIP_V2, {EXPLAIN_HEADER: "False"})
+    return await serve(request, oip.CODEC, _PREDICT)
 
 
 async def v1_predict(request: web.Request) -> web.StreamResponse:
-    return await serve_inference(request, Protocol.KSERVE_V1, {EXPLAIN_HEADER: "False"})
-
-
-def _as_explanations(response: web.Response) -> web.Response:
-    """The worker answers KServe v1 as ``{"predictions": [...]}``; ``:explain`` answers ``{"explanations": [...]}``."""
-    try:
-        answer = json.loads(response.body) if isinstance(response.body, bytes) else None
-    except ValueError:
-        return response
-    if not isinstance(answer, dict) or set(answer) != {"predictions"}:
-        return response
-    response.body = json.dumps({"explanations": answer["predictions"]}).encode()
-    return response
+    return await serve(request, kserve_v1.CODEC, _PREDICT)
 
 
 async def v1_explain(request: web.Request) -> web.StreamResponse:
     """KServe v1 ``:explain``: the handler is told to explain by the ``explain: True`` header, as TorchServe does."""
-    return await serve_inference(request, Protocol.KSERVE_V1, {EXPLAIN_HEADER: "True"}, _as_explanations)
+    return await serve(request, kserve_v1.CODEC, _EXPLAIN, kserve_v1.CODEC.explanations)
 
 
 async def v1_status(request: web.Request) -> web.Response:
@@ -188,14 +181,9 @@ async def repository_index(request: web.Request) -> web.Response:
     return web.json_response(sorted(entries, key=lambda e: (e["name"], e.get("version", ""))))
 
 
-def _require_model_api(state: ServerState) -> None:
-    if not state.model_api_enabled:
-        raise NotAllowedError("the model API is disabled: start with --enable-model-api to load or unload models")
-
-
 async def repository_load(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    _require_model_api(state)
+    require_model_api(state, "to load or unload models")
     name = check_name(request.match_info["name"])  # the same rules as every registration (400 naming it)
     if name in state.registry.models:
         return web.json_response({})
@@ -212,7 +200,7 @@ async def repository_load(request: web.Request) -> web.Response:
 
 async def repository_unload(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    _require_model_api(state)
+    require_model_api(state, "to load or unload models")
     name = request.match_info["name"]
     registry = state.registry
     versions = registry.versions(name)

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from modelserve import __version__
-from modelserve.batching.types import InferRequest, InferResult, Protocol
-from modelserve.handler import BadInputError, Context, HandleFunction, RequestInfo, ResponseInfo, load_handler
+from modelserve.batching.types import InferRequest, InferResult
+from modelserve.handler import BadInputError, Context, HandleFunction, RequestInfo, load_handler
+from modelserve.protocols import CODECS
+from modelserve.protocols.codec import Codec, ModelTarget, error_result
 from modelserve.tscompat import expose_ts_package
-from modelserve.workers import payload
 from modelserve.workers.protocol import (
     LENGTH,
     InferMessage,
@@ -77,13 +78,6 @@ def _set_thread_count(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-NUMPY_TO_OIP = {
-    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64", "int8": "INT8",
-    "int16": "INT16", "int32": "INT32", "int64": "INT64", "float16": "FP16", "float32": "FP32", "float64": "FP64",
-    "string": "BYTES",
-}  # fmt: skip
-
-
 def signature_of(instance: Any, model_config: dict[str, Any]) -> dict[str, Any]:
     """Inputs and outputs for /v2 metadata: model-config.yaml ``inputs``/``outputs`` win, else the loaded model's."""
     custom = getattr(instance, "signature", None)
@@ -91,14 +85,19 @@ def signature_of(instance: Any, model_config: dict[str, Any]) -> dict[str, Any]:
         described = custom()
         if isinstance(described, dict):
             return described
+    def datatype(name: str) -> str:
+        from modelserve.datatypes import oip_datatype  # numpy, for models that have tensors only
+
+        try:
+            return oip_datatype(name)
+        except ValueError:
+            return name.upper()
+
     signature: dict[str, Any] = {}
     model = getattr(instance, "model", None)
     for key in ("inputs", "outputs"):
         specs = getattr(model, key, None) or []
-        signature[key] = [
-            {"name": s.name, "datatype": NUMPY_TO_OIP.get(s.dtype, s.dtype.upper()), "shape": list(s.shape)}
-            for s in specs
-        ]
+        signature[key] = [{"name": s.name, "datatype": datatype(s.dtype), "shape": list(s.shape)} for s in specs]
         configured = model_config.get(key)
         if isinstance(configured, list):
             signature[key] = [dict(item) for item in configured if isinstance(item, dict)]
@@ -133,27 +132,28 @@ def _error_of(exc: BaseException) -> tuple[int, str]:
     return 500, f"{type(exc).__name__}: {exc}"
 
 
-def decode_guarded(request: InferRequest) -> dict[str, Any] | InferResult:
-    """The one place a worker decodes a request's untrusted bytes: the handler's data item, or the request's error.
+def decode_guarded(request: InferRequest, codec: Codec) -> dict[str, Any] | InferResult:
+    """The one place a worker decodes a request's untrusted bytes (with its protocol's codec): the handler's data
+    item, or the request's error.
 
     Whatever a body makes a decoder raise (RecursionError, OverflowError, ValueError, UnicodeError, a bug of ours)
     answers that request alone: 400, or 507 when decoding it ran out of memory. The worker and the rest of its batch
     go on.
     """
     try:
-        return payload.decode_for(request)
+        return codec.decode(request)
     except BadInputError as exc:
-        return payload.error_result(400, str(exc))
+        return error_result(400, str(exc))
     except MemoryError:
-        return payload.error_result(507, "not enough memory to decode the request")
+        return error_result(507, "not enough memory to decode the request")
     except Exception as exc:
         reason = f"{type(exc).__name__}: {str(exc)[:MAX_REASON_CHARS]}"  # a message may quote much of the body
         log.warning("request %s did not decode (%r)", request.request_id, reason)
-        return payload.error_result(400, f"request body cannot be decoded ({reason})")
+        return error_result(400, f"request body cannot be decoded ({reason})")
 
 
 def _failed_batch(message: InferMessage, status: int, reason: str) -> ResultMessage:
-    results = [payload.error_result(status, reason) for _ in message.requests]
+    results = [error_result(status, reason) for _ in message.requests]
     return ResultMessage(batch_id=message.batch_id, results=results)
 
 
@@ -174,15 +174,7 @@ class Worker:
         self.handle: HandleFunction | None = None
         self.instance: Any = None
         self.signature: dict[str, Any] = {}
-
-    @property
-    def output_names(self) -> list[str]:
-        outputs = self.signature.get("outputs")
-        return (
-            [str(o["name"]) for o in outputs if isinstance(o, dict) and "name" in o]
-            if isinstance(outputs, list)
-            else []
-        )
+        self.target = ModelTarget(init.model_name, init.model_version)
 
     def load(self) -> None:
         from modelserve.archive.builtin import builtin_handlers_dir
@@ -208,6 +200,13 @@ class Worker:
             self.handle(None, self.context)  # type: ignore[arg-type]
         _set_thread_count(self.init.intra_op_threads)
         self.signature = signature_of(self.instance, self.init.model_config)
+        outputs = self.signature.get("outputs")
+        names = (
+            [str(o["name"]) for o in outputs if isinstance(o, dict) and "name" in o]
+            if isinstance(outputs, list)
+            else []
+        )
+        self.target = ModelTarget(self.init.model_name, self.init.model_version, tuple(names))
 
     def run_batch(self, message: InferMessage) -> ResultMessage:
         requests = message.requests
@@ -215,19 +214,21 @@ class Worker:
         data: list[dict[str, Any]] = []
         infos: list[RequestInfo] = []
         positions: list[int] = []
+        codecs: list[Codec] = []
         for index, request in enumerate(requests):
-            decoded = decode_guarded(request)
+            codec = CODECS[request.protocol]
+            decoded = decode_guarded(request, codec)
             if isinstance(decoded, InferResult):
                 results[index] = decoded
                 continue
             data.append(decoded)
             infos.append(RequestInfo(request.request_id, request.headers, request.content_type))
             positions.append(index)
+            codecs.append(codec)
         timings: dict[str, float] = {}
         if data:
-            protocols = [requests[i].protocol for i in positions]
-            self._run_handler(data, infos, positions, protocols, results, timings)
-        final = [r if r is not None else payload.error_result(500, "no result") for r in results]
+            self._run_handler(data, infos, positions, codecs, results, timings)
+        final = [r if r is not None else error_result(500, "no result") for r in results]
         metrics = [sample.__dict__ for sample in self.context.metrics.drain()]
         return ResultMessage(batch_id=message.batch_id, results=final, timings=timings, metrics=metrics)
 
@@ -236,7 +237,7 @@ class Worker:
         data: list[dict[str, Any]],
         infos: list[RequestInfo],
         positions: list[int],
-        protocols: list[str],
+        codecs: list[Codec],
         results: list[InferResult | None],
         timings: dict[str, float],
     ) -> None:
@@ -257,45 +258,15 @@ class Worker:
             if status >= 500:
                 traceback.print_exc()
             for index in positions:
-                results[index] = payload.error_result(status, message)
+                results[index] = error_result(status, message)
             return
         finally:
             timings.update(self.context.timings)
             timings["handler"] = time.perf_counter() - started
+        responses = self.context.responses
+        target = self.target
         for slot, (index, output) in enumerate(zip(positions, outputs, strict=True)):
-            response = self.context.responses[slot]
-            if protocols[slot] == Protocol.TORCHSERVE.value:
-                results[index] = _with_parts(payload.encode_result(output, response), response.parts)
-                continue
-            if response.status >= 400:  # the protocol's own error shape, {"error": ...}
-                results[index] = payload.error_result(response.status, response.reason or str(output))
-                continue
-            try:
-                results[index] = payload.encode_protocol_result(
-                    output, data[slot], protocols[slot], self.init.model_name, self.init.model_version,
-                    self.output_names,
-                )  # fmt: skip
-            except BadInputError as exc:
-                results[index] = payload.error_result(400, str(exc))
-            except Exception as exc:  # a result the protocol cannot carry: this request fails, the worker lives
-                results[index] = payload.error_result(
-                    500, f"handler result cannot be encoded ({type(exc).__name__}: {exc})"
-                )
-
-
-def _with_parts(result: InferResult, parts: list[Any]) -> InferResult:
-    """Put the parts a handler sent ahead of its final result in front of it, in order, as one body."""
-    if not parts or result.status >= 400:
-        return result
-    bodies = []
-    for part in parts:
-        encoded = payload.encode_result(part, ResponseInfo())
-        if encoded.status >= 400:
-            return encoded
-        bodies.append(encoded.body)
-    bodies.append(result.body)
-    result.body = b"".join(bodies)
-    return result
+            results[index] = codecs[slot].encode(output, data[slot], responses[slot], target)
 
 
 def _serve(channel: Channel) -> int:

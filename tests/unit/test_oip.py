@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelserve.handler import BadInputError
-from modelserve.workers.oip import HEADER_LENGTH, MAX_DIMS, decode_request, encode_response
+from modelserve.protocols.oip_tensors import HEADER_LENGTH, MAX_DIMS, decode_request, encode_response
 
 
 def request(inputs: list[Any], **extra: Any) -> bytes:

@@ -16,13 +16,10 @@ from hypothesis import strategies as st
 
 from modelserve.batching.types import InferRequest, Protocol
 from modelserve.handler import BadInputError, ResponseInfo
-from modelserve.workers.payload import (
-    MAX_PARTS,
-    decode_for,
-    decode_request,
-    encode_protocol_result,
-    encode_result,
-)
+from modelserve.protocols import CODECS, kserve_v1
+from modelserve.protocols.codec import ModelTarget
+from modelserve.protocols.multipart import MAX_PARTS
+from modelserve.protocols.torchserve import decode_request, encode_result
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -158,14 +155,14 @@ def test_json_nested_past_the_limit_is_a_bad_input(media: str) -> None:
 def test_kserve_v1_deep_json_is_a_bad_input() -> None:
     body = b'{"instances": ' + b"[" * 1000 + b"]" * 1000 + b"}"
     with pytest.raises(BadInputError, match="deeper than"):
-        decode_for(InferRequest("r", "application/json", {}, body, Protocol.KSERVE_V1.value))
+        kserve_v1.CODEC.decode(InferRequest("r", "application/json", {}, body, Protocol.KSERVE_V1.value))
 
 
 def test_json_results_with_nan_are_valid_json_with_null() -> None:
     result = encode_result({"score": math.nan, "all": np.array([1.0, np.inf])}, ResponseInfo())
     assert result.status == 200
     assert json.loads(result.body, parse_constant=pytest.fail) == {"score": None, "all": [1.0, None]}
-    v1 = encode_protocol_result([math.nan], {}, Protocol.KSERVE_V1.value, "m", "1", [])
+    v1 = kserve_v1.CODEC.encode([math.nan], {}, ResponseInfo(), ModelTarget("m", "1"))
     assert json.loads(v1.body, parse_constant=pytest.fail) == {"predictions": [None]}
 
 
@@ -208,4 +205,4 @@ bodies = (
 @given(bodies, content_types, protocols)
 def test_any_body_decodes_or_raises_bad_input_only(body: bytes, content_type: str, protocol: str) -> None:
     with contextlib.suppress(BadInputError):
-        decode_for(InferRequest("r", content_type, {"content-type": content_type}, body, protocol))
+        CODECS[protocol].decode(InferRequest("r", content_type, {"content-type": content_type}, body, protocol))

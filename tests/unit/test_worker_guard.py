@@ -10,7 +10,8 @@ import pytest
 
 from modelserve.batching.types import InferRequest, Protocol
 from modelserve.handler import Context
-from modelserve.workers import main, payload
+from modelserve.protocols import torchserve
+from modelserve.workers import main
 from modelserve.workers.protocol import InferMessage, InitMessage
 
 
@@ -49,8 +50,8 @@ def test_any_decode_exception_is_that_requests_error(
     def explode(_: InferRequest) -> dict[str, Any]:
         raise raised
 
-    monkeypatch.setattr(payload, "decode_for", explode)
-    result = main.decode_guarded(request(b"{}"))
+    monkeypatch.setattr(torchserve.CODEC, "decode", explode)
+    result = main.decode_guarded(request(b"{}"), torchserve.CODEC)
     assert not isinstance(result, dict)
     assert result.status == status
 

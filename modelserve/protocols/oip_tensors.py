@@ -1,4 +1,5 @@
-"""Open Inference Protocol (KServe v2) tensors, worker side: JSON and binary requests to numpy, and back.
+"""Open Inference Protocol tensors, the numpy half of :mod:`modelserve.protocols.oip` (workers only): JSON and
+binary requests to numpy, and back.
 
 Requests reach handlers as ``{"inputs": {name: numpy array}}`` under ``data``; handlers return ``{name: array}`` (or one
 array), which is encoded as the protocol's response, with the binary tensor data extension when asked for.
@@ -8,32 +9,18 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from modelserve import safejson
+from modelserve.datatypes import BYTES, OIP_TO_NUMPY, oip_datatype
 from modelserve.handler import BadInputError
 
+# the binary extension's header: the length of the JSON part of a body (request or response), tensors follow it
 HEADER_LENGTH = "inference-header-content-length"
 MAX_DIMS = 32  # numpy 1.x's own limit (2.x allows 64); no model takes more
-
-TO_NUMPY = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
-}  # fmt: skip
-FROM_NUMPY = {dtype: name for name, dtype in TO_NUMPY.items()}
-
-
-def datatype_of(array: np.ndarray) -> str:
-    if array.dtype.kind in ("U", "S", "O"):
-        return "BYTES"
-    name = FROM_NUMPY.get(array.dtype)
-    if name is None:
-        raise ValueError(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype")
-    return name
 
 
 def _shape(value: Any, name: str, body_size: int) -> tuple[list[int], int]:
@@ -85,7 +72,7 @@ def _decode_tensor(spec: Any, binary: memoryview, offset: int, body_size: int) -
     name = spec["name"]
     shape, count = _shape(spec.get("shape"), name, body_size)
     datatype = spec.get("datatype")
-    if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in TO_NUMPY):
+    if not isinstance(datatype, str) or (datatype != BYTES and datatype not in OIP_TO_NUMPY):
         raise BadInputError(f"input {name!r}: unsupported datatype {datatype!r}")
     size = _parameters(spec.get("parameters"), f"input {name!r}").get("binary_data_size")
     if size is not None:
@@ -93,12 +80,12 @@ def _decode_tensor(spec: Any, binary: memoryview, offset: int, body_size: int) -
             raise BadInputError(f"input {name!r}: binary_data_size {size} exceeds the binary data sent")
         raw = bytes(binary[offset : offset + size])
         offset += size
-        if datatype == "BYTES":
+        if datatype == BYTES:
             elements = _bytes_elements(raw, name)
             array = np.empty(len(elements), dtype=object)
             array[:] = elements
-        elif datatype in TO_NUMPY:
-            dtype = TO_NUMPY[datatype]
+        elif datatype in OIP_TO_NUMPY:
+            dtype = OIP_TO_NUMPY[datatype]
             if len(raw) != count * dtype.itemsize:
                 raise BadInputError(f"input {name!r}: {len(raw)} bytes do not hold {count} {datatype} values")
             array = np.frombuffer(raw, dtype=dtype)
@@ -108,13 +95,13 @@ def _decode_tensor(spec: Any, binary: memoryview, offset: int, body_size: int) -
         if "data" not in spec:
             raise BadInputError(f"input {name!r} has no 'data' and no binary_data_size")
         flat = _flatten(spec["data"])
-        if datatype == "BYTES":
+        if datatype == BYTES:
             array = np.empty(len(flat), dtype=object)
             array[:] = [v.encode() if isinstance(v, str) else v for v in flat]
-        elif datatype in TO_NUMPY:
+        elif datatype in OIP_TO_NUMPY:
             try:
                 with np.errstate(over="raise", invalid="raise"):  # 1e9 as FP16: a 400, not a silent inf
-                    array = np.asarray(flat, dtype=TO_NUMPY[datatype])
+                    array = np.asarray(flat, dtype=OIP_TO_NUMPY[datatype])
             except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
                 raise BadInputError(f"input {name!r}: data is not {datatype}: {exc}") from None
         else:
@@ -167,7 +154,7 @@ def decode_request(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
     return {"body": request, "data": {"inputs": inputs}, "oip": oip}
 
 
-def _as_outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
+def _as_outputs(result: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
     """The handler's result as named tensors, named as the model's metadata names its outputs.
 
     A dict keeps its keys when they are the metadata's names; else, when it has as many entries as the metadata has
@@ -177,7 +164,7 @@ def _as_outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
         arrays = [np.asarray(v) for v in result.values()]
         keys = [str(k) for k in result]
         if names and len(keys) == len(names) and set(keys) != set(names):
-            keys = names
+            keys = list(names)
         return dict(zip(keys, arrays, strict=True))
     if isinstance(result, (list, tuple)) and result and all(isinstance(r, np.ndarray) for r in result):
         return {names[i] if i < len(names) else f"output_{i}": r for i, r in enumerate(result)}
@@ -185,7 +172,7 @@ def _as_outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
 
 
 def _tensor_bytes(array: np.ndarray) -> bytes:
-    if datatype_of(array) == "BYTES":
+    if oip_datatype(array.dtype) == BYTES:
         parts = []
         for value in array.reshape(-1):
             raw = value if isinstance(value, bytes) else str(value).encode()
@@ -196,13 +183,13 @@ def _tensor_bytes(array: np.ndarray) -> bytes:
 
 def _json_data(array: np.ndarray) -> list[Any]:
     flat = array.reshape(-1)
-    if datatype_of(array) == "BYTES":
+    if oip_datatype(array.dtype) == BYTES:
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
     return list(flat.tolist())
 
 
 def encode_response(
-    result: Any, oip: dict[str, Any], model_name: str, model_version: str, output_names: list[str]
+    result: Any, oip: dict[str, Any], model_name: str, model_version: str, output_names: Sequence[str]
 ) -> tuple[bytes, dict[str, str], str]:
     """The handler's outputs -> response body, extra headers and content type."""
     outputs = _as_outputs(result, output_names)
@@ -216,7 +203,7 @@ def encode_response(
     blobs: list[bytes] = []
     for name in selected:
         array = outputs[name]
-        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        entry: dict[str, Any] = {"name": name, "datatype": oip_datatype(array.dtype), "shape": list(array.shape)}
         if bool(requested.get(name, {}).get("binary_data", binary_default)):
             raw = _tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
