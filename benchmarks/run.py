@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -240,30 +240,53 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def modelserve_server(store: Path, models: list[str], tag: str = "modelserve", source: Path | None = None) -> Server:
-    """modelserve from this checkout, or (``source``) from another checkout of it: the same venv, that code first."""
+def modelserve_server(
+    store: Path, models: list[str], tag: str = "modelserve", source: Path | None = None, prefix: Sequence[str] = ()
+) -> Server:
+    """modelserve from this checkout, or (``source``) from another checkout of it: the same venv, that code first.
+
+    ``prefix`` goes before the command (a counter such as valgrind that runs the parent process).
+    """
     ports = {key: free_port() for key in ("inference", "management", "metrics")}
     config = WORK / f"{tag}.properties"
     config.write_text("".join(f"{k}_address=http://127.0.0.1:{p}\n" for k, p in ports.items()))
 
     def command() -> list[tuple[list[str], dict[str, str]]]:
         env = clean_env(PYTHONPATH=str(source)) if source is not None else clean_env()
-        return [([str(PYTHON), "-m", "modelserve.cli", "--start", "--foreground", "--ncs", "--disable-token-auth",
-                  "--model-store", str(store), "--ts-config", str(config), "--pid-file", str(WORK / f"{tag}.pid"),
+        return [([*prefix, str(PYTHON), "-m", "modelserve.cli", "--start", "--foreground", "--ncs",
+                  "--disable-token-auth", "--model-store", str(store), "--ts-config", str(config),
+                  "--pid-file", str(WORK / f"{tag}.pid"),
                   "--models", *[f"{m}={m}.mar" for m in models]], env)]  # fmt: skip
 
     return Server(tag, command, lambda m: f"http://127.0.0.1:{ports['inference']}/predictions/{m}")
 
 
-def baseline_checkout(commit: str) -> tuple[str, Path]:
-    """A detached worktree of ``commit`` under work/, to run the code before a change beside the code after it."""
+def _checkout_path(commit: str) -> tuple[str, Path]:
     sha = subprocess.run(["git", "rev-parse", "--short", commit], capture_output=True, text=True, cwd=REPO,
                          check=True).stdout.strip()  # fmt: skip
-    path = WORK / f"baseline-{sha}"
+    return sha, WORK / f"baseline-{sha}"
+
+
+def baseline_checkout(commit: str) -> tuple[str, Path]:
+    """A detached worktree of ``commit`` under work/, to run the code before a change beside the code after it."""
+    sha, path = _checkout_path(commit)
     if not (path / "modelserve").is_dir():
         subprocess.run(["git", "worktree", "add", "--detach", "--force", str(path), sha], cwd=REPO, check=True,
                        capture_output=True)  # fmt: skip
     return f"modelserve@{sha}", path
+
+
+@contextlib.contextmanager
+def temporary_checkout(commit: str) -> Iterator[tuple[str, Path]]:
+    """``baseline_checkout`` for the length of a run: a worktree this call added is removed again afterwards."""
+    existed = (_checkout_path(commit)[1] / "modelserve").is_dir()
+    tag, path = baseline_checkout(commit)
+    try:
+        yield tag, path
+    finally:
+        if not existed:
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO, check=True,
+                           capture_output=True)  # fmt: skip
 
 
 def torchserve_server(store: Path, venv: Path) -> Server:
