@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from modelserve.booleans import SYNONYMS, parse_bool
 from modelserve.errors import ConfigError
 from modelserve.model_settings import ModelTable, parse_models, parse_snapshot, snapshot_entries
 from modelserve.properties import parse_properties
@@ -71,12 +72,7 @@ DERIVED_SETTINGS = frozenset({"snapshot_to_restore"})
 
 
 def _bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("true", "yes", "1", "on"):
-        return True
-    if lowered in ("false", "no", "0", "off", ""):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
+    return parse_bool(value, SYNONYMS)
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -471,14 +467,6 @@ def _yaml_float(minimum: float, maximum: float) -> Callable[[Any], float]:
     return parse
 
 
-def _yaml_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
 def _device(value: Any) -> str:
     if value not in ("cpu", "gpu"):
         raise ValueError(f"expected cpu or gpu, got {value!r}")
@@ -501,7 +489,7 @@ _MODEL_KEYS.update({
     "jobQueueSize": ("job_queue_size", _yaml_int(1, MAX_JOB_QUEUE_SIZE)),
     "deviceType": ("device_type", _device),
     "intraOpThreads": ("intra_op_threads", _yaml_int(0, MAX_THREADS)),
-    "optimize": ("optimize", _yaml_bool),
+    "optimize": ("optimize", parse_bool),
     "handler": ("handler", _mapping),
     "workerMemoryLimit": ("worker_memory_limit_bytes", lambda value: parse_memory(value, "")),
 })  # fmt: skip

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelserve.booleans import parse_bool
 from modelserve.validation import check_name, check_version, parse_int
 
 log = logging.getLogger("modelserve.config")
@@ -25,14 +26,6 @@ def _integer(minimum: int) -> Callable[[Any], int]:
         return parse_int(value, "", minimum, 2**31 - 1)
 
     return parse
-
-
-def _boolean(value: Any) -> bool:
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {json.dumps(value)}")
-    return value
 
 
 def _runtime(value: Any) -> str:
@@ -83,7 +76,7 @@ def _entry(data: Any, where: str) -> ModelSettings:
             if key in _CONFIG_KEYS:
                 values[key] = _CONFIG_KEYS[key](value)
             elif key == "defaultVersion":
-                default_version = _boolean(value)
+                default_version = parse_bool(value)
             elif key == "marName":
                 mar_name = _file_name(value)
             elif key == "runtimeType":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from modelserve.batching.types import ERROR_CONTENT_TYPE, InferRequest, InferResult, Protocol
-from modelserve.handler import BadInputError
+from modelserve.handler_errors import BadInputError
 
 if TYPE_CHECKING:
     from modelserve.handler import ResponseInfo

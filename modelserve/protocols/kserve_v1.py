@@ -9,7 +9,7 @@ from typing import Any
 
 from modelserve import safejson
 from modelserve.batching.types import InferRequest, InferResult, Protocol
-from modelserve.handler import BadInputError
+from modelserve.handler_errors import BadInputError
 from modelserve.protocols.codec import JSON_TYPE, KServeCodec, ModelTarget, json_default
 from modelserve.protocols.torchserve import decode_request
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from modelserve.handler import BadInputError
+from modelserve.handler_errors import BadInputError
 from modelserve.protocols.codec import maybe_text
 
 if TYPE_CHECKING:

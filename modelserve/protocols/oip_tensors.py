@@ -16,7 +16,7 @@ import numpy as np
 
 from modelserve import safejson
 from modelserve.datatypes import BYTES, OIP_TO_NUMPY, oip_datatype
-from modelserve.handler import BadInputError
+from modelserve.handler_errors import BadInputError
 
 # the binary extension's header: the length of the JSON part of a body (request or response), tensors follow it
 HEADER_LENGTH = "inference-header-content-length"

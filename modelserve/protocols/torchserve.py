@@ -14,7 +14,7 @@ from urllib.parse import unquote_to_bytes
 
 from modelserve import safejson
 from modelserve.batching.types import InferRequest, InferResult, Protocol
-from modelserve.handler import BadInputError
+from modelserve.handler_errors import BadInputError
 from modelserve.protocols.codec import JSON_TYPE, Codec, ModelTarget, error_result, json_default, maybe_text
 
 if TYPE_CHECKING:

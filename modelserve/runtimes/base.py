@@ -11,13 +11,13 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from modelserve.archive.manifest import Manifest
-from modelserve.datatypes import oip_datatype
 from modelserve.handler_errors import HandlerError
+
+if TYPE_CHECKING:
+    import numpy as np  # the server imports this table for platform and needs_torch: no numpy there
 
 
 class UnknownFormatError(HandlerError):
@@ -34,6 +34,8 @@ class TensorSpec:
 
     def describe(self) -> dict[str, Any]:
         """The tensor as OIP metadata lists it; a type OIP has no name for (bfloat16) keeps the model's name."""
+        from modelserve.datatypes import oip_datatype  # numpy: worker side only
+
         try:
             datatype = oip_datatype(self.dtype)
         except ValueError:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from modelserve.archive.manifest import Manifest
 from modelserve.handler_errors import BadInputError, HandlerError
 from modelserve.runtimes.base import ModelRuntime, TensorSpec, first_line, suffix_of
+
+if TYPE_CHECKING:
+    import numpy as np  # the server imports this table for platform and needs_torch: no numpy there
 
 # ONNX element types whose numpy names differ; the others (int64, bool, string, ...) are spelled alike
 _NUMPY_NAMES = {"float": "float32", "double": "float64"}

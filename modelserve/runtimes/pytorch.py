@@ -5,12 +5,13 @@ torch is imported when a model loads or runs, never when this module is imported
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from modelserve.handler_errors import BadInputError
 from modelserve.runtimes.base import ModelRuntime, first_line
+
+if TYPE_CHECKING:
+    import numpy as np  # the server imports this table for platform and needs_torch: no numpy there
 
 PLATFORM = "pytorch_libtorch"
 _INPUT_ERROR_MARKERS = ("shape", "size mismatch", "expected", "dimension", "dtype", "must match", "channels", "sizes")
@@ -31,6 +32,7 @@ def _looks_like_input_error(exc: BaseException) -> bool:
 
 
 def _to_torch(value: Any, device: str) -> Any:
+    import numpy as np  # loaded already in a worker that runs a model
     import torch
 
     if isinstance(value, np.ndarray):

@@ -132,3 +132,17 @@ def test_the_server_parent_never_imports_torch_or_onnxruntime_at_module_level() 
                 names = [node.module]
             wrong += [f"{module_name(path)} imports {n}" for n in names if n.split(".")[0] in heavy]
     assert wrong == []
+
+
+def test_the_server_parent_loads_no_numpy_torch_onnxruntime_or_multipart_parser() -> None:
+    """The whole server, imported in a fresh interpreter: what only workers need stays out of the parent."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, modelserve.server.lifecycle, modelserve.cli\n"
+        "print(sorted(m for m in ('numpy', 'torch', 'onnxruntime', 'python_multipart', 'modelserve.handler')"
+        " if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
