@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelserve.handler_metrics import MetricKind
+
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -42,7 +44,7 @@ class Histogram:
 class HandlerSeries:
     """One handler-defined metric (all its label sets)."""
 
-    kind: str
+    kind: MetricKind
     description: str
     label_names: tuple[str, ...]
     values: dict[tuple[str, ...], float] = field(default_factory=dict)
@@ -80,17 +82,21 @@ class VersionStats:
         for sample in samples:
             labels: dict[str, str] = sample.get("labels", {})
             names = tuple(sorted(labels))
+            try:
+                kind = MetricKind(sample["kind"])
+            except ValueError:
+                continue  # not a metric type: the worker's metrics module would not have sent it
             series = self.handler_metrics.get(sample["name"])
             if series is None:
-                series = HandlerSeries(sample["kind"], sample.get("description", ""), names)
+                series = HandlerSeries(kind, sample.get("description", ""), names)
                 self.handler_metrics[sample["name"]] = series
-            if series.kind != sample["kind"] or series.label_names != names:
+            if series.kind is not kind or series.label_names != names:
                 continue  # a handler changed a metric's type or labels: keep the first definition
             key = tuple(labels[n] for n in names)
             value = float(sample["value"])
-            if series.kind == "counter":
+            if kind is MetricKind.COUNTER:
                 series.values[key] = series.values.get(key, 0.0) + value
-            elif series.kind == "gauge":
+            elif kind is MetricKind.GAUGE:
                 series.values[key] = value
             else:
                 series.histograms.setdefault(key, Histogram()).observe(value)

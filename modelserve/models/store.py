@@ -22,6 +22,14 @@ MAX_REDIRECTS = 5
 _REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 
+def archive_stem(file_name: str) -> str:
+    """The model name an archive's file name suggests: the name without its archive suffix."""
+    for suffix in ARCHIVE_SUFFIXES:
+        if file_name.endswith(suffix):
+            return file_name[: -len(suffix)]
+    return file_name
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a version's archive came from: ``url`` as shown (normalised, credentials redacted), ``path`` on disk."""

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from modelserve.handler_metrics import MetricKind
 from modelserve.models.version import ModelVersion, VersionState
 from modelserve.server.errors import error_middleware
 from modelserve.server.inference import add_description_routes
@@ -114,9 +115,9 @@ class ServerCollector(Collector):
                 family = families.get(full)
                 if family is None:
                     description = series.description or f"handler metric {name}"
-                    if series.kind == "counter":
+                    if series.kind is MetricKind.COUNTER:
                         family = CounterMetricFamily(full, description, labels=labels)
-                    elif series.kind == "gauge":
+                    elif series.kind is MetricKind.GAUGE:
                         family = GaugeMetricFamily(full, description, labels=labels)
                     else:
                         family = HistogramMetricFamily(full, description, labels=labels)

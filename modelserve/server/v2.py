@@ -10,6 +10,7 @@ from aiohttp import web
 from modelserve import __version__
 from modelserve.errors import ModelServeError
 from modelserve.models.registry import RegisterOptions
+from modelserve.models.store import archive_stem
 from modelserve.models.version import ModelVersion, VersionState
 from modelserve.protocols import kserve_v1, oip
 from modelserve.server.dataplane import EXPLAIN_HEADER
@@ -156,12 +157,7 @@ def _store_names(state: ServerState) -> dict[str, str]:
     """Model name -> archive in the store (the file name without its suffix)."""
     names: dict[str, str] = {}
     for archive in state.store.list_archives():
-        stem = archive
-        for suffix in (".tar.gz", ".tgz", ".mar", ".zip"):
-            if stem.endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
-        names.setdefault(stem, archive)
+        names.setdefault(archive_stem(archive), archive)
     return names
 
 
