@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -223,9 +224,26 @@ def test_bad_request_in_a_batch_does_not_fail_its_neighbours(server: ServerProce
 def test_thread_policy_applies_before_handler_imports(server: ServerProcess) -> None:
     auto = server.predict("threads", b"x").json()
     assert auto["torch_loaded_before"] is False
-    assert auto["omp"] == "1" and auto["torch_threads"] == 1, "many workers on 2 cores: one thread each"
+    threads = auto["intra_op_threads"]
+    assert threads >= 1 and auto["omp"] == str(threads) and auto["torch_threads"] == threads
     custom = server.predict("threads_custom", b"x").json()
     assert custom["omp"] == "2" and custom["torch_threads"] == 2 and custom["intra_op_threads"] == 2
+
+
+def test_thread_policy_shares_the_cores_among_all_workers(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # set, it is the operator's choice and the policy steps back
+    cores = len(os.sched_getaffinity(0))
+    make_archive(store, "solo", "threads_handler.py", config_yaml=ONE)
+    make_archive(store, "pair", "threads_handler.py", config_yaml="minWorkers: 2\nmaxWorkers: 2\n")
+    with running_server(tmp_path, store, ["solo.mar"], extra_args=["--ncs", "--enable-model-api"]) as running:
+        solo = running.predict("solo", b"x").json()
+        assert solo["omp"] == str(cores) and solo["torch_threads"] == cores, "the only worker gets every core"
+        assert running.manage("POST", "/models?url=pair.mar&synchronous=true").status == 200
+        pair = running.predict("pair", b"x").json()
+        shared = max(1, cores // 3)
+        assert pair["omp"] == str(shared) and pair["torch_threads"] == shared, "three workers share the cores"
 
 
 def test_malicious_pickle_fails_to_load_and_runs_nothing(tmp_path: Path, store: Path) -> None:
