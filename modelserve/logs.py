@@ -9,7 +9,7 @@ import logging.config
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -51,18 +51,26 @@ class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
             if record.levelno >= logging.WARNING:
                 self.flush()
                 return
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-                return
-            if self._timer_loop is not loop:  # none armed yet, or armed on a loop that has since gone
-                self._timer_loop = loop
-                loop.call_later(self.FLUSH_INTERVAL_S, self._timed_flush)
+            self._write_soon()
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def add_line(self, line: str) -> None:
+        """A line below WARNING, formatted already (``PlainLines``): kept and written like an emitted record's."""
+        self._lines.append(line + self.terminator)
+        self._write_soon()
+
+    def _write_soon(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._timer_loop is not loop:  # none armed yet, or armed on a loop that has since gone
+            self._timer_loop = loop
+            loop.call_later(self.FLUSH_INTERVAL_S, self._timed_flush)
 
     def flush(self) -> None:
         """Write the kept lines in one go, then flush the stream (also what logging.shutdown calls)."""
@@ -86,6 +94,65 @@ class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class PlainLines:
+    """INFO lines of one logger written the way the default set-up would write them, without a LogRecord each.
+
+    The access log writes a line per request; making, filtering and formatting a record is most of its cost. When
+    logging is as ``configure_logging`` leaves it by default (a plain-format ``DeferredFlushHandler`` on the root,
+    no filters, no other handler on the way) the same text is built here directly, with the time stamp's seconds
+    formatted once per second. ``for_logger`` returns None for any other set-up (JSON, ``--log-config``, a filter
+    added), and the caller logs as usual.
+    """
+
+    def __init__(self, handler: DeferredFlushHandler, formatter: logging.Formatter, name: str) -> None:
+        self._handler = handler
+        self._converter = formatter.converter
+        self._date_format = formatter.default_time_format
+        self._msec_format = formatter.default_msec_format or "%s,%03d"
+        self._middle = f" INFO {name}: "
+
+    @classmethod
+    def for_logger(cls, logger: logging.Logger) -> PlainLines | None:
+        root = logging.getLogger()
+        if len(root.handlers) != 1 or not logger.isEnabledFor(logging.INFO):
+            return None
+        handler = root.handlers[0]
+        formatter = handler.formatter
+        if (
+            type(handler) is not DeferredFlushHandler
+            or handler.filters
+            or handler.level > logging.INFO
+            or type(formatter) is not logging.Formatter
+            or formatter._fmt != PLAIN_FORMAT
+            or formatter.datefmt is not None
+        ):
+            return None
+        current: logging.Logger | None = logger
+        while current is not None and current is not root:
+            if current.filters or current.handlers:
+                return None
+            if not current.propagate:
+                return None  # nothing would reach the root's handler
+            parent = current.parent
+            current = parent if isinstance(parent, logging.Logger) else None
+        if root.filters:
+            return None
+        return cls(handler, formatter, logger.name)
+
+    # the last second formatted, for every instance: (second, converter, date format, text)
+    _last: ClassVar[tuple[int, Any, str, str]] = (-1, None, "", "")
+
+    def write(self, created: float, message: str) -> None:
+        second = int(created)
+        last = PlainLines._last
+        if last[0] != second or last[1] is not self._converter or last[2] != self._date_format:
+            last = (second, self._converter, self._date_format,
+                    time.strftime(self._date_format, self._converter(created)))  # fmt: skip
+            PlainLines._last = last
+        msecs = int((created - second) * 1000)
+        self._handler.add_line(self._msec_format % (last[3], msecs) + self._middle + message)
 
 
 def configure_logging(level: str, fmt: str, log_config: Path | None) -> None:

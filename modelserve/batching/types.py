@@ -6,10 +6,16 @@ The bottom layer: it imports nothing of modelserve, and everything above (worker
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 
 # content type of a result that carries an error message rather than a handler's output
 ERROR_CONTENT_TYPE = "application/x-modelserve-error"
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 random hex digits (as unguessable as a uuid4, for a tenth of its cost)."""
+    return os.urandom(16).hex()
 
 
 class Protocol(str, enum.Enum):

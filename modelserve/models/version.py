@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from modelserve.archive.reader import ExtractedArchive
 from modelserve.batching.batcher import Batcher, Job
-from modelserve.batching.types import InferRequest, Protocol
+from modelserve.batching.types import InferRequest, Protocol, new_request_id
 from modelserve.config import ModelConfig
 from modelserve.errors import ServiceUnavailableError
 from modelserve.runtimes import needs_torch, platform_for
@@ -136,7 +135,7 @@ class ModelVersion:
         if self.pool.target == 0:
             raise ServiceUnavailableError(f"no worker is available to serve model {self.name}; scale it up first")
         request = InferRequest(
-            request_id=request_id or uuid.uuid4().hex,
+            request_id=request_id or new_request_id(),
             content_type=content_type,
             headers=headers,
             body=body,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from modelserve.batching.types import ERROR_CONTENT_TYPE, InferResult, Protocol
 from modelserve.errors import ModelLoadError, ServiceUnavailableError
+from modelserve.logs import PlainLines
 from modelserve.protocols.codec import error_result
 
 if TYPE_CHECKING:
@@ -46,6 +47,11 @@ class _DeferredAccessLog:
 
     def flush(self) -> None:
         pending, self.pending = self.pending, []
+        lines = PlainLines.for_logger(access_log)  # the default set-up: the same text, without a record each
+        if lines is not None:
+            for created, args in pending:
+                lines.write(created, ACCESS_FORMAT % args)
+            return
         for created, args in pending:
             record = access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, ACCESS_FORMAT, args, None)
             record.created = created

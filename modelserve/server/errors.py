@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from modelserve.batching.types import new_request_id
 from modelserve.errors import (
     ConfigError,
     ForbiddenError,
@@ -116,7 +116,7 @@ _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 def request_id_of(request: web.Request) -> str:
     """The client's x-request-id when it is sane, else a fresh one."""
     supplied = request.headers.get(REQUEST_ID_HEADER, "")
-    return supplied if _REQUEST_ID_PATTERN.match(supplied) else uuid.uuid4().hex
+    return supplied if _REQUEST_ID_PATTERN.match(supplied) else new_request_id()
 
 
 def _body_error_message(request: web.Request, exc: Exception) -> str:
@@ -157,12 +157,33 @@ def _map_error(request: web.Request, exc: BaseException) -> web.StreamResponse:
     return error_response(500, f"internal error: {type(exc).__name__}", None, codec)
 
 
+# Content-Encoding values whose decoding aiohttp does while the body is read (bounded by the app's client_max_size)
+DECODED_ENCODINGS = frozenset({"gzip", "deflate", "br", "identity"})
+
+
+def _check_encoding(request: web.Request) -> None:
+    """415 for a request body in a Content-Encoding the server does not decode (gzip, deflate and br it does).
+
+    Decoding happens while the body is read, inside the size limit; a body that is not valid in its declared
+    encoding becomes a 400 where errors are mapped.
+    """
+    declared = request.headers.get(hdrs.CONTENT_ENCODING)
+    if declared is not None:
+        declared = declared.strip().lower()
+        if declared and declared not in DECODED_ENCODINGS:
+            raise web.HTTPUnsupportedMediaType(
+                text=f"Content-Encoding {declared!r} is not supported: send the body as identity, gzip, deflate or br"
+            )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tag every request with an id (echoed in ``x-request-id``) and turn every error into a JSON answer."""
+    """Tag every request with an id (echoed in ``x-request-id``), refuse a body encoding the server does not decode,
+    and turn every error into a JSON answer."""
     request_id = request_id_of(request)
     request[REQUEST_ID] = request_id
     try:
+        _check_encoding(request)
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -27,9 +27,6 @@ from modelserve.server.errors import REQUEST_ID_HEADER, Handler, error_response,
 
 log = logging.getLogger("modelserve.server")
 
-# Content-Encoding values whose decoding aiohttp does while the body is read (bounded by the app's client_max_size)
-DECODED_ENCODINGS = frozenset({"gzip", "deflate", "br", "identity"})
-
 
 @dataclass(frozen=True)
 class Deadlines:
@@ -179,25 +176,6 @@ class ConnectionGuard:
             return response
 
         return deadlines
-
-
-def content_encoding_middleware() -> Any:
-    """415 for a request body in a Content-Encoding the server does not decode (gzip, deflate and br it does).
-
-    Decoding happens while the body is read, inside the size limit; a body that is not valid in its declared encoding
-    becomes a 400 where errors are mapped.
-    """
-
-    @web.middleware
-    async def check_encoding(request: web.Request, handler: Handler) -> web.StreamResponse:
-        declared = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
-        if declared and declared not in DECODED_ENCODINGS:
-            raise web.HTTPUnsupportedMediaType(
-                text=f"Content-Encoding {declared!r} is not supported: send the body as identity, gzip, deflate or br"
-            )
-        return await handler(request)
-
-    return check_encoding
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

@@ -19,12 +19,10 @@ from modelserve.models.store import ModelStore
 from modelserve.models.version import VersionState
 from modelserve.server.auth import write_key_file
 from modelserve.server.cors import cors_middleware
-from modelserve.server.errors import error_middleware
 from modelserve.server.guard import (
     ConnectionGuard,
     Deadlines,
     GuardedSite,
-    content_encoding_middleware,
     refuse_oversized_expectations,
 )
 from modelserve.server.inference import create_inference_app
@@ -99,9 +97,6 @@ class Server:
         config = self.config
         deadlines = Deadlines(config.header_timeout, config.body_timeout, config.keep_alive_timeout)
         guard = ConnectionGuard(config.max_connections, deadlines)
-        # inside the error middleware, so that its 415 is an error answer like any other
-        position = app.middlewares.index(error_middleware) + 1 if error_middleware in app.middlewares else 0
-        app.middlewares.insert(position, content_encoding_middleware())
         app.middlewares.insert(0, guard.middleware())
         if config.cors_allowed_origin:
             app.middlewares.insert(0, cors_middleware(config))

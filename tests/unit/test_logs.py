@@ -87,3 +87,64 @@ def test_a_warning_writes_the_lines_before_it_first_and_shutdown_writes_the_rest
 
     asyncio.run(later())
     assert stream.getvalue().splitlines()[-1] == "fourth"
+
+
+def _default_setup(stream: CountingStream) -> tuple[DeferredFlushHandler, list[logging.Handler], int]:
+    """Logging as configure_logging leaves it by default, on ``stream``; returns what to restore."""
+    from modelserve.logs import PLAIN_FORMAT
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    handler = DeferredFlushHandler(stream)
+    handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    return handler, saved[0], saved[1]
+
+
+def test_plain_lines_write_exactly_what_the_default_formatter_would() -> None:
+    from modelserve.logs import PlainLines
+
+    stream = CountingStream()
+    handler, old_handlers, old_level = _default_setup(stream)
+    logger = logging.getLogger("test.plainlines.access")
+    try:
+        lines = PlainLines.for_logger(logger)
+        assert lines is not None
+        created = [1_700_000_000.0015, 1_700_000_000.9999, 1_700_000_001.25]
+        for when in created:
+            lines.write(when, "abc m 1.0 POST 200 1.23ms")
+        handler.flush()
+        expected = []
+        for when in created:
+            record = logger.makeRecord(
+                logger.name, logging.INFO, __file__, 0, "%s", ("abc m 1.0 POST 200 1.23ms",), None
+            )
+            record.created = when
+            record.msecs = int((when - int(when)) * 1000) + 0.0
+            expected.append(handler.format(record))
+        assert stream.getvalue().splitlines() == expected
+    finally:
+        logging.getLogger().handlers[:] = old_handlers
+        logging.getLogger().setLevel(old_level)
+
+
+def test_plain_lines_step_aside_for_any_other_setup() -> None:
+    from modelserve.logs import JsonFormatter, PlainLines
+
+    stream = CountingStream()
+    handler, old_handlers, old_level = _default_setup(stream)
+    logger = logging.getLogger("test.plainlines.other")
+    try:
+        assert PlainLines.for_logger(logger) is not None
+        logger.addFilter(lambda record: True)
+        assert PlainLines.for_logger(logger) is None  # a filter must see every record
+        logger.filters.clear()
+        logger.setLevel(logging.WARNING)
+        assert PlainLines.for_logger(logger) is None  # INFO is off
+        logger.setLevel(logging.NOTSET)
+        handler.setFormatter(JsonFormatter())
+        assert PlainLines.for_logger(logger) is None  # JSON lines go through the formatter
+    finally:
+        logging.getLogger().handlers[:] = old_handlers
+        logging.getLogger().setLevel(old_level)
