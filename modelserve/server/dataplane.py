@@ -35,8 +35,20 @@ class _DeferredAccessLog:
     The line's time is the request's end, not the moment logging sees it.
     """
 
+    # how long a look at the logging set-up holds (it changes at start-up, when --log-config is read)
+    SETUP_CHECK_S = 1.0
+
     def __init__(self) -> None:
         self.pending: list[tuple[float, tuple[object, ...]]] = []
+        self._lines: PlainLines | None = None
+        self._checked_at = -self.SETUP_CHECK_S
+
+    def _plain_lines(self) -> PlainLines | None:
+        now = time.monotonic()
+        if now - self._checked_at >= self.SETUP_CHECK_S:
+            self._lines = PlainLines.for_logger(access_log)
+            self._checked_at = now
+        return self._lines
 
     def add(self, *args: object) -> None:
         if not access_log.isEnabledFor(logging.INFO):
@@ -47,7 +59,7 @@ class _DeferredAccessLog:
 
     def flush(self) -> None:
         pending, self.pending = self.pending, []
-        lines = PlainLines.for_logger(access_log)  # the default set-up: the same text, without a record each
+        lines = self._plain_lines()  # the default set-up: the same text, without a record each
         if lines is not None:
             for created, args in pending:
                 lines.write(created, ACCESS_FORMAT % args)

@@ -156,7 +156,7 @@ def decode(message_type: int, payload: memoryview | bytes) -> Message:
     try:
         kind = _MESSAGE_TYPES[message_type]  # a dict: calling the enum costs more than the rest of a small frame
         (header_length,) = LENGTH.unpack_from(view, 0)
-        header = json.loads(bytes(view[LENGTH.size : LENGTH.size + header_length]))
+        header = json.loads(bytes(view[LENGTH.size : LENGTH.size + header_length]).decode())
         offset = LENGTH.size + header_length
         blobs: list[bytes] = []
         for size in header.pop("blob_sizes", []):
