@@ -60,7 +60,8 @@ class VersionStats:
         self.queue_wait = Histogram()
         self.handler_steps: dict[str, Histogram] = {}
         self.batch_size = Histogram(tuple(float(b) for b in BATCH_BUCKETS))
-        self.worker_restarts = 0
+        self.worker_restarts = 0  # workers that died after they were ready
+        self.worker_load_failures = 0  # worker starts that failed (load error, timeout, killed while starting)
         self.worker_recycles: Counter[str] = Counter()  # workers replaced on purpose, by reason ("memory")
         self.handler_metrics: dict[str, HandlerSeries] = {}
 

@@ -84,6 +84,11 @@ class ServerCollector(Collector):
         restarts = CounterMetricFamily(
             "modelserve_worker_restarts", "Workers replaced after dying", labels=VERSION_LABELS
         )
+        load_failures = CounterMetricFamily(
+            "modelserve_worker_load_failures",
+            "Worker starts that failed (load error, startup timeout, killed while starting)",
+            labels=VERSION_LABELS,
+        )
         recycles = CounterMetricFamily(
             "modelserve_worker_recycles",
             "Workers replaced on purpose after a batch (reason: memory, over workerMemoryLimit)",
@@ -96,6 +101,7 @@ class ServerCollector(Collector):
             labels = [v.name, v.version]
             live.add_metric(labels, v.pool.ready_count())
             restarts.add_metric(labels, v.stats.worker_restarts)
+            load_failures.add_metric(labels, v.stats.worker_load_failures)
             for reason in sorted({"memory", *v.stats.worker_recycles}):
                 recycles.add_metric([*labels, reason], v.stats.worker_recycles[reason])
             ready.add_metric(labels, 1.0 if v.state is VersionState.READY else 0.0)
@@ -104,7 +110,7 @@ class ServerCollector(Collector):
                     memory = worker.usage().memory_bytes
                     if memory:
                         rss.add_metric([*labels, worker.worker_id], memory)
-        yield from (live, restarts, recycles, rss, ready)
+        yield from (live, restarts, load_failures, recycles, rss, ready)
 
     def _handler_families(self, versions: list[ModelVersion]) -> Iterator[Metric]:
         families: dict[str, Metric] = {}

@@ -366,6 +366,7 @@ class WorkerPool:
     def load_failed(self, error: str) -> int:
         self.last_error = error
         self.consecutive_load_failures += 1
+        self.stats.worker_load_failures += 1
         log.error("%s: worker failed to load: %s", self.label, error)
         if self.consecutive_load_failures >= self.settings.max_load_failures and self.ready_count() == 0:
             self.failed = True

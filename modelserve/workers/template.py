@@ -165,7 +165,7 @@ def main() -> int:
 
 
 class ForkedProcess:
-    """A worker forked by the template: the subset of asyncio.subprocess.Process that WorkerProcess uses."""
+    """A worker forked by the template: the subset of asyncio.subprocess.Process that LocalWorker uses."""
 
     def __init__(
         self, pid: int, template: WorkerTemplate, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader

@@ -158,6 +158,7 @@ def test_repeated_load_failures_fail_the_pool_and_every_queued_request() -> None
         assert rig.pool.failed and rig.pool.last_error == "no such file: model.pt"
         assert isinstance(job.future.exception(), ModelLoadError)
         assert rig.sleeps == [0.1]  # one back-off between the two attempts
+        assert rig.stats.worker_load_failures == 2 and rig.stats.worker_restarts == 0
         await rig.pool.stop()
 
     run(scenario())
