@@ -16,7 +16,7 @@ import inspect
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -216,6 +216,21 @@ class Context:
         self.responses[idx].parts.append(output)
 
 
+def model_signature(model: Any, model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's inputs and outputs for OIP metadata: ``inputs``/``outputs`` of model-config.yaml win, else those of
+    the model when a runtime loaded it, else none."""
+    from modelserve.runtimes import ModelRuntime
+
+    signature: dict[str, Any] = {"inputs": [], "outputs": []}
+    if isinstance(model, ModelRuntime):
+        signature = dict(model.signature())
+    for key in ("inputs", "outputs"):
+        configured = model_config.get(key)
+        if isinstance(configured, list):
+            signature[key] = [dict(item) for item in configured if isinstance(item, dict)]
+    return signature
+
+
 class BaseHandler:
     """Default handler flow: ``preprocess`` -> ``inference`` -> ``postprocess``.
 
@@ -263,17 +278,7 @@ class BaseHandler:
 
     def signature(self) -> dict[str, Any]:
         """Inputs and outputs for OIP metadata: model-config.yaml ``inputs``/``outputs`` win, else the model's own."""
-        from modelserve.runtimes import ModelRuntime
-
-        signature: dict[str, Any] = {"inputs": [], "outputs": []}
-        if isinstance(self.model, ModelRuntime):
-            signature = dict(self.model.signature())
-        configured_in = self.context.model_yaml_config if self.context is not None else {}
-        for key in ("inputs", "outputs"):
-            configured = configured_in.get(key)
-            if isinstance(configured, list):
-                signature[key] = [dict(item) for item in configured if isinstance(item, dict)]
-        return signature
+        return model_signature(self.model, self.context.model_yaml_config if self.context is not None else {})
 
     def preprocess_one(self, item: dict[str, Any]) -> Any:
         raise NotImplementedError

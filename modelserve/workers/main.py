@@ -20,7 +20,7 @@ from typing import Any
 
 from modelserve import __version__
 from modelserve.batching.types import InferRequest, InferResult
-from modelserve.handler import BadInputError, Context, HandleFunction, RequestInfo, load_handler
+from modelserve.handler import BadInputError, Context, HandleFunction, RequestInfo, load_handler, model_signature
 from modelserve.protocols import CODECS
 from modelserve.protocols.codec import Codec, ModelTarget, error_result
 from modelserve.tscompat import expose_ts_package
@@ -79,29 +79,15 @@ def _set_thread_count(threads: int) -> None:
 
 
 def signature_of(instance: Any, model_config: dict[str, Any]) -> dict[str, Any]:
-    """Inputs and outputs for /v2 metadata: model-config.yaml ``inputs``/``outputs`` win, else the loaded model's."""
+    """Inputs and outputs for /v2 metadata: the handler's own ``signature()`` (BaseHandler has one), else those of
+    model-config.yaml or of a model a runtime loaded."""
     custom = getattr(instance, "signature", None)
     if callable(custom):
         described = custom()
         if isinstance(described, dict):
             return described
-    def datatype(name: str) -> str:
-        from modelserve.datatypes import oip_datatype  # numpy, for models that have tensors only
 
-        try:
-            return oip_datatype(name)
-        except ValueError:
-            return name.upper()
-
-    signature: dict[str, Any] = {}
-    model = getattr(instance, "model", None)
-    for key in ("inputs", "outputs"):
-        specs = getattr(model, key, None) or []
-        signature[key] = [{"name": s.name, "datatype": datatype(s.dtype), "shape": list(s.shape)} for s in specs]
-        configured = model_config.get(key)
-        if isinstance(configured, list):
-            signature[key] = [dict(item) for item in configured if isinstance(item, dict)]
-    return signature
+    return model_signature(getattr(instance, "model", None), model_config)
 
 
 def _enveloped(handle: HandleFunction, name: str) -> HandleFunction:
