@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,7 +47,6 @@ class WorkerSpec:
     label: str  # "model:version"
     model_dir: Path
     needs_torch: bool  # whether the workers import torch (the local backend forks them from its torch template)
-    resources: Mapping[str, Any] = field(default_factory=dict)  # per-model placement hints (backend-specific)
 
 
 class WorkerEvents(Protocol):

@@ -7,18 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from modelserve.datatypes import oip_datatype
 from modelserve.handler import BadInputError
 from ts.torch_handler.request_envelope.base import BaseEnvelope, json_body
 
-_DATATYPE_TO_NUMPY = {
-    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64", "INT8": "int8",
-    "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16", "FP32": "float32", "FP64": "float64",
-}  # fmt: skip
-_NUMPY_TO_DATATYPE = {v: k for k, v in _DATATYPE_TO_NUMPY.items()}
-
 
 def _datatype(array: np.ndarray) -> str:
-    return _NUMPY_TO_DATATYPE.get(str(array.dtype), "BYTES")
+    try:
+        return oip_datatype(array.dtype)
+    except ValueError:
+        return "BYTES"  # what TorchServe's envelope calls anything else
 
 
 class KServev2Envelope(BaseEnvelope):
