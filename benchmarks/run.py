@@ -46,10 +46,22 @@ WORKLOADS = {
     "W1 c=32": ("convnet", "digit.png", 32),
     "W2 c=8": ("resnet18", "cat.jpg", 8),
 }
+# The per-model settings every server gets in the "same settings" comparison: modelserve and TorchServe read these
+# model-config.yaml keys alike, LitServe gets the same workers, batch size and delay as arguments.
 MODEL_CONFIG = {
-    "convnet": "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 16\nmaxBatchDelay: 2\nhandler:\n  model: convnet\n",
-    "resnet18": "minWorkers: 2\nmaxWorkers: 2\nbatchSize: 4\nmaxBatchDelay: 5\nhandler:\n  model: resnet18\n",
+    "convnet": "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 16\nmaxBatchDelay: 2\n",
+    "resnet18": "minWorkers: 2\nmaxWorkers: 2\nbatchSize: 4\nmaxBatchDelay: 5\n",
 }
+# "same": every server with MODEL_CONFIG; "defaults": archives without a model-config.yaml, LitServe in its
+# idiomatic setup (LITSERVE_DEFAULTS). TorchServe runs with OMP_NUM_THREADS=1 in both (its own advice).
+SETTINGS_MODES = ("same", "defaults")
+LITSERVE_DEFAULTS = (2, 8, 5.0)  # workers per model, max_batch_size, batch_timeout in ms
+
+
+def model_settings(model: str) -> tuple[int, int, float]:
+    """(workers, batch size, batch delay in ms) of MODEL_CONFIG for ``model``."""
+    values = dict(line.split(": ", 1) for line in MODEL_CONFIG[model].splitlines() if ": " in line)
+    return int(values["minWorkers"]), int(values["batchSize"]), float(values["maxBatchDelay"])
 
 
 def log(message: str) -> None:
@@ -87,6 +99,34 @@ def tree_memory(pid: int) -> tuple[int, int]:
             pss += int(getattr(info, "pss", info.rss))
             rss += int(info.rss)
     return pss, rss
+
+
+def tree_cpu(pids: list[int]) -> tuple[float, float]:
+    """User+system CPU seconds so far of a server's front end and of its workers.
+
+    The front end is each started process, its forked copies (LitServe's API server processes run the started
+    command line), any JVM below it (TorchServe's frontend) and multiprocessing's resource tracker; the workers are
+    every other descendant: modelserve's template and workers, TorchServe's Python backends, LitServe's inference
+    processes.
+    """
+    front = workers = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            command = root.cmdline()
+            children = root.children(recursive=True)
+        except psutil.Error:
+            continue
+        for process in [root, *children]:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                seconds = times.user + times.system
+                line = process.cmdline()
+                if line == command or process.name() == "java" or any("resource_tracker" in a for a in line):
+                    front += seconds
+                else:
+                    workers += seconds
+    return front, workers
 
 
 def kill_tree(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
@@ -134,22 +174,28 @@ def ensure_venv(name: str, packages: list[str]) -> Path:
     return venv
 
 
-def modelserve_store(assets: Path, copies: int = 1, batch_size: int | None = None, optimize: bool = True) -> Path:
-    """Archives of both models (``copies`` of the small one) for modelserve, optionally with another batchSize."""
+def modelserve_store(
+    assets: Path, copies: int = 1, batch_size: int | None = None, optimize: bool = True, settings: str = "same"
+) -> Path:
+    """Archives of both models (``copies`` of the small one) for modelserve, optionally with another batchSize;
+    ``settings`` "defaults" packs them without a model-config.yaml."""
     from modelserve.archive.packer import PackRequest, pack_archive
 
-    store = WORK / f"store-modelserve-{copies}-{batch_size or 'default'}{'' if optimize else '-plain'}"
+    suffix = "" if settings == "same" else f"-{settings}"
+    store = WORK / f"store-modelserve-{copies}-{batch_size or 'default'}{'' if optimize else '-plain'}{suffix}"
     if store.is_dir():
         return store
     store.mkdir(parents=True)
     for model, base_config in MODEL_CONFIG.items():
-        config = base_config
+        config = base_config if settings == "same" else ""
         if batch_size is not None and model == "convnet":
             config = re.sub(r"batchSize: \d+", f"batchSize: {batch_size}", config)
         if not optimize:
             config += "optimize: false\n"
-        config_path = store / f".{model}-config.yaml"
-        config_path.write_text(config)
+        config_path: Path | None = None
+        if config:
+            config_path = store / f".{model}-config.yaml"
+            config_path.write_text(config)
         names = [model] if model == "resnet18" or copies == 1 else [f"{model}{i}" for i in range(copies)]
         for name in names:
             pack_archive(
@@ -162,17 +208,24 @@ def modelserve_store(assets: Path, copies: int = 1, batch_size: int | None = Non
     return store
 
 
-def torchserve_store(assets: Path, venv: Path) -> Path:
-    store = WORK / "store-torchserve"
+def torchserve_store(assets: Path, venv: Path, settings: str = "same") -> Path:
+    """Archives of both models for TorchServe; with ``settings`` "same" each carries MODEL_CONFIG as its
+    model-config.yaml (TorchServe reads minWorkers, maxWorkers, batchSize and maxBatchDelay from it)."""
+    store = WORK / f"store-torchserve-{settings}"
     if store.is_dir():
         return store
     store.mkdir(parents=True)
-    for model in MODEL_CONFIG:
+    for model, config in MODEL_CONFIG.items():
+        extra: list[str] = []
+        if settings == "same":
+            config_path = store / f".{model}-config.yaml"
+            config_path.write_text(config)
+            extra = ["--config-file", str(config_path)]
         subprocess.run(
             [str(venv / "bin" / "torch-model-archiver"), "--model-name", model, "--version", "1.0",
              "--serialized-file", str(assets / f"{model}.pt"),
              "--handler", str(HERE / "handlers" / "torchserve_top_class.py"), "--export-path", str(store),
-             "--archive-format", "zip-store"],
+             "--archive-format", "zip-store", *extra],
             check=True,
         )  # fmt: skip
     return store
@@ -306,13 +359,19 @@ def torchserve_server(store: Path, venv: Path) -> Server:
     return Server("torchserve", command, lambda m: f"http://127.0.0.1:{ports['inference']}/predictions/{m}")
 
 
-def litserve_server(assets: Path, venv: Path) -> Server:
+def litserve_server(assets: Path, venv: Path, settings: str = "same") -> Server:
+    """One LitServe server per model: MODEL_CONFIG's workers, batch size and delay ("same"), or LITSERVE_DEFAULTS."""
     ports = {model: free_port() for model in MODEL_CONFIG}
 
     def command() -> list[tuple[list[str], dict[str, str]]]:
         python = str(venv / "bin" / "python")
         app = str(HERE / "handlers" / "litserve_app.py")
-        return [([python, app, str(assets / f"{m}.pt"), m, str(port)], clean_env()) for m, port in ports.items()]
+        commands = []
+        for model, port in ports.items():
+            workers, batch, delay_ms = model_settings(model) if settings == "same" else LITSERVE_DEFAULTS
+            commands.append(([python, app, str(assets / f"{model}.pt"), model, str(port), str(workers), str(batch),
+                              str(delay_ms / 1000.0)], clean_env()))  # fmt: skip
+        return commands
 
     return Server("litserve", command, lambda m: f"http://127.0.0.1:{ports[m]}/predict", ".json", "application/json")
 
@@ -470,11 +529,22 @@ def measure_server(
         record.setdefault("ready_s", []).append(ready)
         record.setdefault("pss_bytes", []).append(pss)
         record.setdefault("rss_bytes", []).append(rss)
+        pids = [p.pid for p in server.processes]
         for label, (model, _, concurrency) in workloads.items():
+            front_before, workers_before = tree_cpu(pids)
             point = load(server, assets, model, concurrency, duration)
-            record.setdefault(label, []).append(point.__dict__)
+            front_after, workers_after = tree_cpu(pids)
+            served = max(point.requests, 1)
+            entry = {
+                **point.__dict__,
+                "front_cpu_ms_per_request": (front_after - front_before) * 1000 / served,
+                "worker_cpu_ms_per_request": (workers_after - workers_before) * 1000 / served,
+            }
+            record.setdefault(label, []).append(entry)
+            front, workers = entry["front_cpu_ms_per_request"], entry["worker_cpu_ms_per_request"]
             log(f"  {server.name:10s} {label:8s} {point.throughput:8.1f} req/s  p50 {point.p50_ms:7.2f} ms  "
-                f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}")  # fmt: skip
+                f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}  CPU ms/req front {front:.3f} "
+                f"workers {workers:.3f}")  # fmt: skip
         if sweep is not None:
             for concurrency in SWEEP:
                 point = load(server, assets, "convnet", concurrency, max(2.0, duration / 2))
@@ -568,36 +638,44 @@ def main() -> int:
     WORK.mkdir(exist_ok=True)
     assets = ensure_assets()
     wanted = args.servers.split(",")
-    factories: dict[str, Callable[[], Server]] = {
-        "modelserve": lambda: modelserve_server(modelserve_store(assets), list(MODEL_CONFIG))
-    }
+    modes = ("same",) if args.quick else SETTINGS_MODES
+    factories: dict[str, dict[str, Callable[[], Server]]] = {mode: {} for mode in modes}
+    for mode in modes:
+        factories[mode]["modelserve"] = lambda mode=mode: modelserve_server(  # type: ignore[misc]
+            modelserve_store(assets, settings=mode), list(MODEL_CONFIG), f"modelserve-{mode}"
+        )
     if "torchserve" in wanted:
         ts_venv = ensure_venv(
             "torchserve", ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "pillow", "numpy", "pyyaml"]
         )
-        ts_store = torchserve_store(assets, ts_venv)
-        factories["torchserve"] = lambda: torchserve_server(ts_store, ts_venv)
+        for mode in modes:
+            ts_store = torchserve_store(assets, ts_venv, mode)
+            factories[mode]["torchserve"] = lambda store=ts_store: torchserve_server(store, ts_venv)  # type: ignore[misc]
     if "litserve" in wanted:
         lit_venv = ensure_venv("litserve", ["litserve==0.2.19", "pillow", "numpy"])
-        factories["litserve"] = lambda: litserve_server(assets, lit_venv)
+        for mode in modes:
+            factories[mode]["litserve"] = lambda mode=mode: litserve_server(assets, lit_venv, mode)  # type: ignore[misc]
     if args.baseline:
         tag, source = baseline_checkout(args.baseline)
-        factories[tag] = lambda: modelserve_server(modelserve_store(assets), list(MODEL_CONFIG), tag, source)
+        for mode in modes:
+            factories[mode][tag] = lambda mode=mode: modelserve_server(  # type: ignore[misc]
+                modelserve_store(assets, settings=mode), list(MODEL_CONFIG), f"{tag}-{mode}", source
+            )
         wanted.insert(wanted.index("modelserve") + 1 if "modelserve" in wanted else 0, tag)
-    names = [n for n in wanted if n in factories]
+    names = [n for n in wanted if n in factories["same"]]
     log("checking that every server gives the same answers")
     answers: dict[str, Any] = {}
     for name in names:
-        server = factories[name]()
+        server = factories["same"][name]()
         server.start(assets, list(MODEL_CONFIG))
         try:
-            answers.update(check_answers([server], assets))
+            answers[name] = check_answers([server], assets)[server.name]
         finally:
             server.stop()
     reference = answers[names[0]]
     if any(a != reference for a in answers.values()):
         raise SystemExit(f"servers disagree: {answers}")
-    raw: dict[str, dict[str, Any]] = {name: {} for name in names}
+    raw: dict[str, dict[str, dict[str, Any]]] = {mode: {name: {} for name in names} for mode in modes}
     sweeps: dict[str, dict[str, Any]] = {name: {} for name in names}
     # the W2 limit is measured in every round, between the servers' turns, so it sees the same machine they do
     # (this machine's speed drifts by up to 1.5x within minutes); the median over rounds is the limit
@@ -611,10 +689,12 @@ def main() -> int:
     per_round: dict[str, list[float]] = {label: [] for label in w2_limits}
     for round_index in range(args.rounds):
         # every other round runs the servers in reverse order (A B C, C B A, ...): no server is always first
+        # both settings in every round, each server's turn under one after the other (same, defaults, ...)
         for name in names if round_index % 2 == 0 else names[::-1]:
-            log(f"round {round_index + 1}: {name}")
-            sweep = sweeps[name] if round_index == 0 and not args.quick else None
-            measure_server(factories[name](), assets, args.duration, WORKLOADS, raw[name], sweep)
+            for mode in modes:
+                log(f"round {round_index + 1}: {name} ({mode} settings)")
+                sweep = sweeps[name] if round_index == 0 and mode == "same" and not args.quick else None
+                measure_server(factories[mode][name](), assets, args.duration, WORKLOADS, raw[mode][name], sweep)
         if not args.quick:
             for label, (model, threads, batch, form) in w2_limits.items():
                 per_round[label].append(in_process_limit(assets, model, threads, batch, seconds, form))
@@ -630,7 +710,7 @@ def main() -> int:
         limits.update({label: statistics.median(values) for label, values in per_round.items()})
         for label, value in limits.items():
             log(f"  {label}: {value:.1f} /s")
-    summary = summarize(raw)
+    summary = summarize(raw["same"])
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": subprocess.run(
@@ -646,11 +726,18 @@ def main() -> int:
             "duration_s": args.duration,
             "rounds": args.rounds,
             "model_config": MODEL_CONFIG,
+            "litserve_defaults": {
+                "workers": LITSERVE_DEFAULTS[0],
+                "max_batch_size": LITSERVE_DEFAULTS[1],
+                "batch_timeout_ms": LITSERVE_DEFAULTS[2],
+            },
             "load_generator": "wrk" if shutil.which("wrk") else "python threads",
         },
         "answers": answers,
-        "raw": raw,
+        "raw": raw["same"],
         "summary": summary,
+        "raw_defaults": raw.get("defaults", {}),
+        "summary_defaults": summarize(raw["defaults"]) if "defaults" in raw else {},
         "in_process_limit": limits,
         "in_process_w2_per_round": per_round,
         "sweep": {name: points for name, points in sweeps.items() if points},

@@ -1,7 +1,8 @@
-"""LitServe server for the benchmark: one model per server, 2 workers x 1 torch thread, batches of up to 8 within
-5 ms, the image as base64 in JSON (LitServe's idiomatic setup, as BENCHMARKS.md describes).
+"""LitServe server for the benchmark: one model per server, WORKERS workers x 1 torch thread, batches of up to
+MAX_BATCH within TIMEOUT_S, the image as base64 in JSON. The benchmark passes either the per-model settings every
+server gets, or LitServe's idiomatic setup (2 workers, batches of 8 within 5 ms, as BENCHMARKS.md describes).
 
-    python litserve_app.py MODEL.pt KIND PORT
+    python litserve_app.py MODEL.pt KIND PORT WORKERS MAX_BATCH TIMEOUT_S
 """
 
 import base64
@@ -49,5 +50,8 @@ class TopClassAPI(ls.LitAPI):
 
 if __name__ == "__main__":
     api = TopClassAPI(sys.argv[1], sys.argv[2])
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=2, max_batch_size=8, batch_timeout=0.005)
+    workers, max_batch, timeout_s = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+    server = ls.LitServer(
+        api, accelerator="cpu", workers_per_device=workers, max_batch_size=max_batch, batch_timeout=timeout_s
+    )
     server.run(port=int(sys.argv[3]), generate_client_file=False)

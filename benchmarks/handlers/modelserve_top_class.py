@@ -13,7 +13,8 @@ from modelserve.handler import BadInputError, BaseHandler, Context
 class TopClass(BaseHandler):
     def initialize(self, context: Context) -> None:
         super().initialize(context)
-        self.model_kind = str(self.handler_config.get("model", "convnet"))
+        # from the model's name, as the TorchServe handler does: archives without a model-config.yaml work too
+        self.model_kind = "resnet18" if "resnet" in context.model_name else "convnet"
 
     def preprocess_one(self, item: dict[str, Any]) -> np.ndarray:
         body = item.get("body")
