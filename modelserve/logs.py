@@ -59,7 +59,11 @@ class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def add_line(self, line: str) -> None:
         """A line below WARNING, formatted already (``PlainLines``): kept and written like an emitted record's."""
-        self._lines.append(line + self.terminator)
+        self.acquire()  # as emit is, under the handler's lock: a warning from another thread may be flushing
+        try:
+            self._lines.append(line + self.terminator)
+        finally:
+            self.release()
         self._write_soon()
 
     def _write_soon(self) -> None:
