@@ -164,8 +164,8 @@ class ConnectionGuard:
                     await response.write_eof()
                 protocol.force_close()
                 return response
-            encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
-            if encoding != "identity" and not request.content.is_eof():
+            encoding = request.headers.get(hdrs.CONTENT_ENCODING)  # most requests have none: no string work then
+            if encoding is not None and encoding.strip().lower() != "identity" and not request.content.is_eof():
                 # a refused compressed body (a zip bomb's 413): aiohttp would linger decoding the rest, seconds of
                 # CPU for a megabyte sent; instead the rest is dropped undecoded until the connection closes
                 response.force_close()
@@ -183,12 +183,22 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+# short header lines already found valid: a handler answers with the same few on every request (bounded: a handler
+# that makes up new values each time only stops being remembered)
+_VALID: set[tuple[str, str]] = set()
+_VALID_LIMIT = 1024
+
+
 def invalid_header(name: str, value: str) -> str | None:
     """Why ``name: value`` cannot go on the wire as a response header, or None when it can."""
+    if (name, value) in _VALID:
+        return None
     if not _TOKEN.fullmatch(name):
         return f"name {name!r} is not an HTTP token"
     if _BAD_VALUE.search(value):
         return f"value of {name!r} holds a control character (CR, LF or NUL)"
+    if len(_VALID) < _VALID_LIMIT and len(value) <= 256:
+        _VALID.add((name, value))
     return None
 
 

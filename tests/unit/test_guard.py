@@ -23,3 +23,11 @@ def test_a_value_with_a_control_character_is_refused(value: str) -> None:
 def test_a_name_that_is_not_a_token_is_refused(name: str) -> None:
     problem = invalid_header(name, "v")
     assert problem is not None and "not an HTTP token" in problem
+
+
+def test_remembered_valid_headers_never_let_a_bad_one_through() -> None:
+    for _ in range(2):  # the second time from the remembered set
+        assert invalid_header("Content-Type", "application/json") is None
+    for _ in range(2):  # a bad value is never remembered as good
+        assert invalid_header("X-Bad", "a\r\nSet-Cookie: x") is not None
+        assert invalid_header("Bad Name", "v") is not None
