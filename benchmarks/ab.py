@@ -13,15 +13,11 @@ printed as a table and written to ``results/ab-<date>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
-from datetime import datetime, timezone
 
 import psutil
 from run import (
     MODEL_CONFIG,
-    RESULTS,
     WORKLOADS,
     baseline_checkout,
     ensure_assets,
@@ -29,6 +25,7 @@ from run import (
     modelserve_server,
     modelserve_store,
     run_wrk,
+    write_results,
 )
 
 
@@ -114,14 +111,10 @@ def main() -> int:
             f"| {b['worker_cpu_ms_per_request']:.3f} / {a['worker_cpu_ms_per_request']:.3f} |"
         )
     print("\n".join(lines))
-    RESULTS.mkdir(exist_ok=True)
-    output = RESULTS / f"ab-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    output.write_text(json.dumps({
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "baseline": tag,
-        "windows": args.windows, "seconds": args.seconds, "summary": summary, "windows_raw": results,
-        "table": lines,
-    }, indent=2))  # fmt: skip
-    log(f"results in {output}")
+    write_results("ab", {
+        "baseline": tag, "windows": args.windows, "seconds": args.seconds, "summary": summary,
+        "windows_raw": results, "table": lines,
+    })  # fmt: skip
     return 0
 
 

@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import shutil
 import signal
 import statistics
 import subprocess
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -38,7 +36,6 @@ import psutil
 from run import (
     HERE,
     PYTHON,
-    RESULTS,
     WORK,
     Server,
     clean_env,
@@ -48,6 +45,7 @@ from run import (
     modelserve_server,
     modelserve_store,
     temporary_checkout,
+    write_results,
 )
 
 MODEL = "convnet"  # W1
@@ -322,16 +320,12 @@ def main() -> int:
                 f"| {name} | {commit_of[name] or '-'} | {c} | {args.requests} | {value / 1000:.0f}k | {ratio:.2f} |"
             )
     print("\n".join(lines))
-    RESULTS.mkdir(exist_ok=True)
-    output = RESULTS / f"instructions-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    output.write_text(json.dumps({
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "counter": counter.name,
-        "commits": commit_of, "requests": args.requests, "rounds": args.rounds, "warmup": WARMUP, "idle_s": IDLE_S,
-        "summary": summary, "samples": {n: [asdict(s) | {"per_request": s.per_request} for s in got]
-                                        for n, got in samples.items()},
+    write_results("instructions", {
+        "counter": counter.name, "commits": commit_of, "requests": args.requests, "rounds": args.rounds,
+        "warmup": WARMUP, "idle_s": IDLE_S, "summary": summary,
+        "samples": {n: [asdict(s) | {"per_request": s.per_request} for s in got] for n, got in samples.items()},
         "table": lines,
-    }, indent=2))  # fmt: skip
-    log(f"results in {output}")
+    })  # fmt: skip
     return 0
 
 

@@ -64,6 +64,15 @@ def model_settings(model: str) -> tuple[int, int, float]:
     return int(values["minWorkers"]), int(values["batchSize"]), float(values["maxBatchDelay"])
 
 
+def write_results(kind: str, data: dict[str, Any]) -> Path:
+    """``data`` with the date first, as ``results/<kind>-<time>.json``; logs and returns the path."""
+    RESULTS.mkdir(exist_ok=True)
+    output = RESULTS / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **data}, indent=2))
+    log(f"results in {output}")
+    return output
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 

@@ -107,9 +107,6 @@ class DataPlane:
             result = await job.future
         except ModelLoadError as exc:
             raise ServiceUnavailableError(str(exc), retry_after_s=30) from None
-        except asyncio.CancelledError:
-            job.future.cancel()
-            raise
         if len(result.body) > self.max_response_size and result.content_type != ERROR_CONTENT_TYPE:
             return error_result(
                 500,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from modelserve.batching.types import InferRequest
+from modelserve.batching.types import InferRequest, InferResult
 from modelserve.errors import WorkerDiedError, WorkerTimeoutError
 from modelserve.workers.channel import Dispatch, WorkerChannel, WorkerState
 from modelserve.workers.protocol import InferMessage, InitMessage, ResultMessage
@@ -154,9 +154,7 @@ def test_a_reply_that_matches_no_batch_fails_everything_and_kills_the_worker(wro
     run(scenario())
 
 
-def handle_results(message: InferMessage, drop: int) -> list[Any]:
-    from modelserve.batching.types import InferResult
-
+def handle_results(message: InferMessage, drop: int) -> list[InferResult]:
     return [InferResult(200, "text/plain") for _ in message.requests[drop:]]
 
 
