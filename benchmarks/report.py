@@ -7,6 +7,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+WORKLOAD_LABELS = ("W1 c=1", "W1 c=32", "W2 c=8", "W3 c=32")
+W2_LIMIT = "W2 2 processes x 1 thread batch 8, frozen"
 
 
 def _ratio(mine: float, theirs: float) -> str:
@@ -36,6 +38,8 @@ def targets(
         ratio_row("W1 c=32 throughput vs TorchServe", ms["W1 c=32"]["throughput"], ts["W1 c=32"]["throughput"], 2.0)
         ratio_row("W1 c=1 p99 vs TorchServe", ms["W1 c=1"]["p99_ms"], ts["W1 c=1"]["p99_ms"], 0.2, at_most=True)
         ratio_row("W2 c=8 throughput vs TorchServe", ms["W2 c=8"]["throughput"], ts["W2 c=8"]["throughput"], 1.1)
+        if "W3 c=32" in ms and "W3 c=32" in ts:
+            ratio_row("W3 c=32 throughput vs TorchServe", ms["W3 c=32"]["throughput"], ts["W3 c=32"]["throughput"], 3.0)
         ratio_row("start to READY vs TorchServe", ms["ready_s"], ts["ready_s"], 0.6, at_most=True)
         ratio_row("memory (PSS, whole tree) vs TorchServe", ms["pss_mb"], ts["pss_mb"], 0.6, at_most=True)
     if lit:
@@ -45,11 +49,15 @@ def targets(
     if d_ms and d_ts:
         ratio_row("W1 c=32 vs TorchServe, each server's defaults", d_ms["W1 c=32"]["throughput"],
                   d_ts["W1 c=32"]["throughput"], 3.0)  # fmt: skip
-    limit = max((v for k, v in limits.items() if k.startswith("W2")), default=0.0)
+    # the limit for the same cores as the issue defines it: two processes at once, frozen model, batch 8
+    limit = limits.get(W2_LIMIT) or max((v for k, v in limits.items() if k.startswith("W2")), default=0.0)
     if limit:
         ratio = ms["W2 c=8"]["throughput"] / limit
-        rows.append(("W2 c=8 throughput vs in-process limit", ">= 0.90", f"{ratio:.2f}", ratio >= 0.9))
-    errors = sum(int(p["errors"]) for w in ("W1 c=1", "W1 c=32", "W2 c=8") for p in [ms[w]])
+        figure = "W2 c=8 throughput vs in-process limit" + (
+            " (2 processes, frozen, batch 8)" if W2_LIMIT in limits else ""
+        )
+        rows.append((figure, ">= 0.90", f"{ratio:.2f}", ratio >= 0.9))
+    errors = sum(int(ms[w]["errors"]) for w in WORKLOAD_LABELS if w in ms)
     rows.append(("errors under load (modelserve)", "0", str(errors), errors == 0))
     return rows
 
@@ -63,7 +71,9 @@ def _workload_table(summary: dict[str, Any], title: str) -> list[str]:
         "| workload | " + " | ".join(names) + " | modelserve / TorchServe |",
         "| --- | " + " | ".join("---" for _ in names) + " | --- |",
     ]
-    for label in ("W1 c=1", "W1 c=32", "W2 c=8"):
+    for label in WORKLOAD_LABELS:
+        if any(label not in summary[n] for n in names):
+            continue
         cells = []
         for n in names:
             point = summary[n][label]

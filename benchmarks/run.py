@@ -45,13 +45,22 @@ WORKLOADS = {
     "W1 c=1": ("convnet", "digit.png", 1),
     "W1 c=32": ("convnet", "digit.png", 32),
     "W2 c=8": ("resnet18", "cat.jpg", 8),
+    "W3 c=32": ("iris", "iris.json", 32),
 }
 # The per-model settings every server gets in the "same settings" comparison: modelserve and TorchServe read these
 # model-config.yaml keys alike, LitServe gets the same workers, batch size and delay as arguments.
 MODEL_CONFIG = {
     "convnet": "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 16\nmaxBatchDelay: 2\n",
     "resnet18": "minWorkers: 2\nmaxWorkers: 2\nbatchSize: 4\nmaxBatchDelay: 5\n",
+    "iris": "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 16\nmaxBatchDelay: 2\n",
 }
+# model -> (input file, its Content-Type); LitServe takes images as base64 JSON (the input file + ".json")
+INPUTS = {
+    "convnet": ("digit.png", "application/octet-stream"),
+    "resnet18": ("cat.jpg", "application/octet-stream"),
+    "iris": ("iris.json", "application/json"),
+}
+IMAGE_MODELS = ("convnet", "resnet18")
 # "same": every server with MODEL_CONFIG; "defaults": archives without a model-config.yaml, LitServe in its
 # idiomatic setup (LITSERVE_DEFAULTS). TorchServe runs with OMP_NUM_THREADS=1 in both (its own advice).
 SETTINGS_MODES = ("same", "defaults")
@@ -160,7 +169,7 @@ def kill_tree(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
 
 def ensure_assets() -> Path:
     assets = WORK / "assets"
-    if not (assets / "resnet18.pt").is_file():
+    if not (assets / "resnet18.pt").is_file() or not (assets / "iris.onnx").is_file():
         log("generating reference models and inputs")
         subprocess.run([str(PYTHON), str(HERE / "models" / "make_assets.py"), str(assets)], check=True)
         for name in ("digit.png", "cat.jpg"):
@@ -205,12 +214,16 @@ def modelserve_store(
         if config:
             config_path = store / f".{model}-config.yaml"
             config_path.write_text(config)
-        names = [model] if model == "resnet18" or copies == 1 else [f"{model}{i}" for i in range(copies)]
+        names = [model] if model != "convnet" or copies == 1 else [f"{model}{i}" for i in range(copies)]
         for name in names:
+            if model == "iris":  # the built-in onnx handler, as a user would serve it
+                files: tuple[str, Path, list[Path]] = ("onnx", assets / "iris.onnx", [assets / "feature_names.json"])
+            else:
+                files = (str(HERE / "handlers" / "modelserve_top_class.py"), assets / f"{model}.pt",
+                         [HERE / "handlers" / "preprocess.py"])  # fmt: skip
             pack_archive(
                 PackRequest(
-                    model_name=name, handler=str(HERE / "handlers" / "modelserve_top_class.py"),
-                    serialized_file=assets / f"{model}.pt", extra_files=[HERE / "handlers" / "preprocess.py"],
+                    model_name=name, handler=files[0], serialized_file=files[1], extra_files=files[2],
                     config_file=config_path, export_path=store, archive_format="zip-store",
                 )
             )  # fmt: skip
@@ -230,10 +243,14 @@ def torchserve_store(assets: Path, venv: Path, settings: str = "same") -> Path:
             config_path = store / f".{model}-config.yaml"
             config_path.write_text(config)
             extra = ["--config-file", str(config_path)]
+        if model == "iris":
+            extra += ["--extra-files", str(assets / "feature_names.json")]
+            files = (assets / "iris.onnx", HERE / "handlers" / "torchserve_iris.py")
+        else:
+            files = (assets / f"{model}.pt", HERE / "handlers" / "torchserve_top_class.py")
         subprocess.run(
             [str(venv / "bin" / "torch-model-archiver"), "--model-name", model, "--version", "1.0",
-             "--serialized-file", str(assets / f"{model}.pt"),
-             "--handler", str(HERE / "handlers" / "torchserve_top_class.py"), "--export-path", str(store),
+             "--serialized-file", str(files[0]), "--handler", str(files[1]), "--export-path", str(store),
              "--archive-format", "zip-store", *extra],
             check=True,
         )  # fmt: skip
@@ -248,8 +265,7 @@ class Server:
     name: str
     start_command: Callable[[], list[tuple[list[str], dict[str, str]]]]
     url_for: Callable[[str], str]
-    body_suffix: str = ""  # ".json" for LitServe's base64 JSON bodies
-    content_type: str = "application/octet-stream"
+    json_bodies: bool = False  # LitServe: every body is JSON (images as base64)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ready_s: float = 0.0
 
@@ -280,11 +296,15 @@ class Server:
         return self.ready_s
 
     def body(self, assets: Path, model: str) -> Path:
-        source = "digit.png" if model.startswith("convnet") else "cat.jpg"
-        return assets / f"{source}{self.body_suffix}"
+        source = INPUTS[model.rstrip("0123456789")][0]
+        return assets / (f"{source}.json" if self.json_bodies and not source.endswith(".json") else source)
+
+    def content_type(self, model: str) -> str:
+        return "application/json" if self.json_bodies else INPUTS[model.rstrip("0123456789")][1]
 
     def post(self, assets: Path, model: str, timeout: float = 30.0) -> tuple[int, bytes]:
-        return http_post(self.url_for(model), self.body(assets, model).read_bytes(), self.content_type, timeout)
+        body = self.body(assets, model).read_bytes()
+        return http_post(self.url_for(model), body, self.content_type(model), timeout)
 
     def memory(self) -> tuple[int, int]:
         totals = [tree_memory(p.pid) for p in self.processes]
@@ -363,7 +383,7 @@ def torchserve_server(store: Path, venv: Path) -> Server:
         env = clean_env(OMP_NUM_THREADS="1", PATH=f"{venv / 'bin'}:{os.environ.get('PATH', '')}")
         return [([str(venv / "bin" / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
                   "--ts-config", str(config), "--model-store", str(store),
-                  "--models", "convnet=convnet.mar", "resnet18=resnet18.mar"], env)]  # fmt: skip
+                  "--models", *[f"{m}={m}.mar" for m in MODEL_CONFIG]], env)]  # fmt: skip
 
     return Server("torchserve", command, lambda m: f"http://127.0.0.1:{ports['inference']}/predictions/{m}")
 
@@ -378,11 +398,12 @@ def litserve_server(assets: Path, venv: Path, settings: str = "same") -> Server:
         commands = []
         for model, port in ports.items():
             workers, batch, delay_ms = model_settings(model) if settings == "same" else LITSERVE_DEFAULTS
-            commands.append(([python, app, str(assets / f"{model}.pt"), model, str(port), str(workers), str(batch),
+            path = assets / ("iris.onnx" if model == "iris" else f"{model}.pt")
+            commands.append(([python, app, str(path), model, str(port), str(workers), str(batch),
                               str(delay_ms / 1000.0)], clean_env()))  # fmt: skip
         return commands
 
-    return Server("litserve", command, lambda m: f"http://127.0.0.1:{ports[m]}/predict", ".json", "application/json")
+    return Server("litserve", command, lambda m: f"http://127.0.0.1:{ports[m]}/predict", json_bodies=True)
 
 
 # ---- load --------------------------------------------------------------------------------------------------------
@@ -459,7 +480,7 @@ def run_python_load(url: str, body: Path, content_type: str, concurrency: int, d
 
 def load(server: Server, assets: Path, model: str, concurrency: int, duration: float) -> Point:
     runner = run_wrk if shutil.which("wrk") else run_python_load
-    return runner(server.url_for(model), server.body(assets, model), server.content_type, concurrency, duration)
+    return runner(server.url_for(model), server.body(assets, model), server.content_type(model), concurrency, duration)
 
 
 # ---- in-process limit ----------------------------------------------------------------------------------------------
@@ -488,15 +509,52 @@ print(json.dumps({"throughput": done / (time.perf_counter() - start)}))
 """
 
 
-def in_process_limit(assets: Path, model: str, threads: int, batch: int, seconds: float, form: str = "plain") -> float:
-    """Images/s of the preprocessing and forward pass in a loop; ``form`` "frozen" is the form modelserve may use."""
-    source = "digit.png" if model == "convnet" else "cat.jpg"
-    output = subprocess.run(
-        [str(PYTHON), "-W", "ignore", "-c", IN_PROCESS, str(HERE / "handlers"), str(assets / f"{model}.pt"), model,
-         str(assets / source), str(threads), str(batch), str(seconds), form],
-        capture_output=True, text=True, check=True, env=clean_env(),
-    ).stdout  # fmt: skip
-    return float(json.loads(output.strip().splitlines()[-1])["throughput"])
+IN_PROCESS_ONNX = r"""
+import json, sys, time
+import numpy as np, onnxruntime as ort
+model_path, names_path, raw_path = sys.argv[1], sys.argv[2], sys.argv[3]
+batch, seconds = int(sys.argv[4]), float(sys.argv[5])
+options = ort.SessionOptions()
+options.intra_op_num_threads = options.inter_op_num_threads = 1
+session = ort.InferenceSession(model_path, options)
+features = json.load(open(names_path))
+name = session.get_inputs()[0].name
+raw = open(raw_path, "rb").read()
+done = 0
+start = time.perf_counter()
+while time.perf_counter() - start < seconds:
+    rows = [[row[f] for f in features] for row in (json.loads(raw) for _ in range(batch))]
+    labels, probabilities = session.run(None, {name: np.asarray(rows, dtype=np.float32)})
+    answers = [json.dumps({"label": str(l), "probabilities": {str(k): float(v) for k, v in p.items()}}).encode()
+               for l, p in zip(labels, probabilities)]
+    done += batch
+print(json.dumps({"throughput": done / (time.perf_counter() - start)}))
+"""
+
+
+def in_process_limit(
+    assets: Path, model: str, threads: int, batch: int, seconds: float, form: str = "plain", processes: int = 1
+) -> float:
+    """Requests/s of the per-request work without a server, summed over ``processes`` running at once: for the image
+    models the preprocessing and forward pass (``form`` "frozen" is the form modelserve may use), for iris the JSON
+    parse, ONNX Runtime and the JSON answer."""
+    if model == "iris":
+        command = [str(PYTHON), "-W", "ignore", "-c", IN_PROCESS_ONNX, str(assets / "iris.onnx"),
+                   str(assets / "feature_names.json"), str(assets / "iris.json"), str(batch), str(seconds)]  # fmt: skip
+    else:
+        command = [str(PYTHON), "-W", "ignore", "-c", IN_PROCESS, str(HERE / "handlers"), str(assets / f"{model}.pt"),
+                   model, str(assets / INPUTS[model][0]), str(threads), str(batch), str(seconds), form]  # fmt: skip
+    runs = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=clean_env())
+        for _ in range(processes)
+    ]
+    total = 0.0
+    for run in runs:
+        output, _ = run.communicate(timeout=seconds + 120)
+        if run.returncode != 0:
+            raise RuntimeError(f"in-process measurement of {model} failed (exit {run.returncode})")
+        total += float(json.loads(output.strip().splitlines()[-1])["throughput"])
+    return total
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
@@ -511,7 +569,8 @@ def check_answers(servers: list[Server], assets: Path) -> dict[str, dict[str, An
             if status != 200:
                 raise RuntimeError(f"{server.name} answered {status} for {model}: {body[:200]!r}")
             value = json.loads(body)
-            answers[server.name][model] = value["class"] if isinstance(value, dict) else value
+            # the top class of an image, the label of the iris row (probabilities differ in rounding only)
+            answers[server.name][model] = value.get("class", value.get("label")) if isinstance(value, dict) else value
     reference = answers[servers[0].name]
     for name, got in answers.items():
         if got != reference:
@@ -655,13 +714,14 @@ def main() -> int:
         )
     if "torchserve" in wanted:
         ts_venv = ensure_venv(
-            "torchserve", ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "pillow", "numpy", "pyyaml"]
+            "torchserve",
+            ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "pillow", "numpy", "pyyaml", "onnxruntime==1.32.0"],
         )
         for mode in modes:
             ts_store = torchserve_store(assets, ts_venv, mode)
             factories[mode]["torchserve"] = lambda store=ts_store: torchserve_server(store, ts_venv)  # type: ignore[misc]
     if "litserve" in wanted:
-        lit_venv = ensure_venv("litserve", ["litserve==0.2.19", "pillow", "numpy"])
+        lit_venv = ensure_venv("litserve", ["litserve==0.2.19", "pillow", "numpy", "onnxruntime==1.32.0"])
         for mode in modes:
             factories[mode]["litserve"] = lambda mode=mode: litserve_server(assets, lit_venv, mode)  # type: ignore[misc]
     if args.baseline:
@@ -694,6 +754,7 @@ def main() -> int:
         "W2 2 threads batch 8": ("resnet18", 2, 8, "plain"),
         "W2 2 threads batch 1, frozen": ("resnet18", 2, 1, "frozen"),
         "W2 2 threads batch 8, frozen": ("resnet18", 2, 8, "frozen"),
+        "W2 2 processes x 1 thread batch 8, frozen": ("resnet18", 1, 8, "frozen"),
     }
     per_round: dict[str, list[float]] = {label: [] for label in w2_limits}
     for round_index in range(args.rounds):
@@ -706,7 +767,8 @@ def main() -> int:
                 measure_server(factories[mode][name](), assets, args.duration, WORKLOADS, raw[mode][name], sweep)
         if not args.quick:
             for label, (model, threads, batch, form) in w2_limits.items():
-                per_round[label].append(in_process_limit(assets, model, threads, batch, seconds, form))
+                processes = 2 if "2 processes" in label else 1
+                per_round[label].append(in_process_limit(assets, model, threads, batch, seconds, form, processes))
             log("  in-process W2: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in per_round.items()))
     limits = {}
     if not args.quick:
@@ -715,6 +777,8 @@ def main() -> int:
             "W1 1 thread batch 1": in_process_limit(assets, "convnet", 1, 1, seconds),
             "W1 1 thread batch 8": in_process_limit(assets, "convnet", 1, 8, seconds),
             "W1 1 thread batch 8, frozen": in_process_limit(assets, "convnet", 1, 8, seconds, "frozen"),
+            "W3 1 process batch 16 (JSON in and out, ONNX Runtime)": in_process_limit(assets, "iris", 1, 16, seconds),
+            "W3 2 processes batch 16": in_process_limit(assets, "iris", 1, 16, seconds, processes=2),
         }
         limits.update({label: statistics.median(values) for label, values in per_round.items()})
         for label, value in limits.items():

@@ -17,6 +17,9 @@ from modelserve.vision import ImageTransform, decode_image, load_labels, payload
 
 
 class ImageClassifier(BaseHandler):
+    # batches of up to 8 when no batchSize is configured (one request still goes at once)
+    default_batch_size = 8
+
     def initialize(self, context: Context) -> None:
         super().initialize(context)
         config = self.handler_config

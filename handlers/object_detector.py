@@ -18,6 +18,8 @@ from modelserve.vision import ImageTransform, decode_image, load_labels, payload
 
 
 class ObjectDetector(BaseHandler):
+    # batches of up to 8 when no batchSize is configured (one request still goes at once)
+    default_batch_size = 8
     calls_model_through_run = True
 
     def initialize(self, context: Context) -> None:

@@ -20,6 +20,9 @@ from modelserve.runtimes.onnx import OnnxRuntime
 
 
 class OnnxTabular(BaseHandler):
+    # batches of up to 8 when no batchSize is configured (one request still goes at once)
+    default_batch_size = 8
+
     def initialize(self, context: Context) -> None:
         super().initialize(context)
         if not isinstance(self.model, OnnxRuntime):
@@ -34,6 +37,8 @@ class OnnxTabular(BaseHandler):
         self.input_name = spec.name
         self.dtype = np.dtype(spec.dtype if spec.dtype in ("float32", "float64", "int64") else "float32")
         self.width = spec.shape[1] if len(spec.shape) == 2 and spec.shape[1] > 0 else None
+        if spec.shape and spec.shape[0] > 0:
+            self.default_batch_size = 1  # a fixed batch dimension: rows of several requests cannot be stacked
 
     def signature(self) -> dict[str, Any]:
         """Inputs and outputs as the Open Inference Protocol sees them (probabilities as [rows, classes])."""

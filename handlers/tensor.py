@@ -30,6 +30,8 @@ def _strings(value: Any) -> np.ndarray:
 
 
 class TensorHandler(BaseHandler):
+    # batches of up to 8 when no batchSize is configured (one request still goes at once)
+    default_batch_size = 8
     calls_model_through_run = True
 
     def initialize(self, context: Context) -> None:
@@ -39,6 +41,8 @@ class TensorHandler(BaseHandler):
         self.dtypes = {s.name: self.handler_config.get("dtype", s.dtype) for s in specs}
         self.ranks = {s.name: len(s.shape) for s in specs if s.shape}
         self.shapes = {s.name: s.shape for s in specs if s.shape}
+        if any(s.shape and s.shape[0] > 0 for s in specs):
+            self.default_batch_size = 1  # a fixed batch dimension: rows of several requests cannot be stacked
         self.default_dtype = str(self.handler_config.get("dtype", "float32"))
 
     def _array(self, name: str, value: Any) -> tuple[np.ndarray, bool]:

@@ -31,6 +31,9 @@ def read_vocabulary(path: Path) -> dict[str, int]:
 
 
 class TextClassifier(BaseHandler):
+    # batches of up to 8 when no batchSize is configured (one request still goes at once)
+    default_batch_size = 8
+
     def initialize(self, context: Context) -> None:
         super().initialize(context)
         config = self.handler_config

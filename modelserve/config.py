@@ -177,7 +177,8 @@ class ServerConfig:
     max_response_size: int = 6553500
     default_response_timeout: float = 120.0
     default_startup_timeout: float = 120.0
-    batch_size: int = 1
+    # None: not set, so each model's batch size is 1 unless its handler declares one (built-in handlers do)
+    batch_size: int | None = None
     max_batch_delay: float = 100.0
     enable_model_api: bool = False
     allowed_urls: list[str] = field(default_factory=list)
@@ -408,6 +409,9 @@ class ModelConfig:
     service_envelope: str = ""
     # workerMemoryLimit: a worker whose RSS passes it is replaced after its batch (0: no limit)
     worker_memory_limit_bytes: int = 0
+    # batch_size was set (server batch_size, model-config.yaml batchSize or registration); when it was not, a batch
+    # size the handler declares applies
+    batch_size_explicit: bool = False
 
     @classmethod
     def defaults(cls, server: ServerConfig) -> ModelConfig:
@@ -415,7 +419,8 @@ class ModelConfig:
         return cls(
             min_workers=workers,
             max_workers=workers,
-            batch_size=server.batch_size,
+            batch_size=server.batch_size or 1,
+            batch_size_explicit=server.batch_size is not None,
             max_batch_delay_ms=server.max_batch_delay,
             response_timeout_s=server.default_response_timeout,
             startup_timeout_s=server.default_startup_timeout,
@@ -443,6 +448,8 @@ class ModelConfig:
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{source}: invalid {key}: {exc}") from None
             raw[key] = value
+        if "batch_size" in changes:
+            changes["batch_size_explicit"] = True
         result = dataclasses.replace(self, raw=raw, **changes)
         if "minWorkers" in values and "maxWorkers" not in values:
             result.max_workers = max(result.max_workers, result.min_workers)

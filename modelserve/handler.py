@@ -24,6 +24,7 @@ from typing import Any
 
 from modelserve.handler_errors import BadInputError, HandlerError, PredictionError
 from modelserve.handler_metrics import HandlerMetrics, MetricSample
+from modelserve.validation import MAX_BATCH_SIZE
 
 __all__ = [
     "BadInputError",
@@ -390,6 +391,31 @@ def _handler_classes(module: ModuleType) -> list[type[Any]]:
         # the most derived class wins, as a file may define a base and its specialisation
         classes = [c for c in classes if not any(o is not c and issubclass(o, c) for o in classes)]
     return classes
+
+
+# the attribute by which a handler says it takes batches of any size (a built-in, or a handler written for it)
+BATCHING_ATTRIBUTE = "default_batch_size"
+
+
+def declared_batch_size(handle: Callable[..., Any], instance: Any) -> int:
+    """The batch size a handler declares it is written for, or 0 when it declares none.
+
+    A handler class declares it with a ``default_batch_size`` attribute of its own class, or set on the instance by
+    ``initialize`` (which may say 1 for a model with a fixed batch dimension); an inherited one does not count: a
+    subclass of a batching built-in may override ``preprocess`` with code that reads only the first request. A
+    module-level ``handle`` function declares it with a module attribute of that name. Values that are not an int from
+    1 to MAX_BATCH_SIZE are ignored (0).
+    """
+    if instance is not None:
+        value = vars(instance).get(BATCHING_ATTRIBUTE) if hasattr(instance, "__dict__") else None
+        if value is None:
+            value = type(instance).__dict__.get(BATCHING_ATTRIBUTE)
+    else:
+        module = sys.modules.get(getattr(handle, "__module__", "") or "")
+        value = getattr(module, BATCHING_ATTRIBUTE, None) if module is not None else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH_SIZE:
+        return 0
+    return value
 
 
 def load_handler(

@@ -11,6 +11,10 @@ from modelserve.handler import BadInputError, BaseHandler, Context
 
 
 class TopClass(BaseHandler):
+    # written for batches, so it says so (as the built-in image_classifier does): without a batchSize in the archive
+    # modelserve batches up to 8; a handler that does not declare it runs batch 1, as TorchServe runs every handler
+    default_batch_size = 8
+
     def initialize(self, context: Context) -> None:
         super().initialize(context)
         # from the model's name, as the TorchServe handler does: archives without a model-config.yaml work too

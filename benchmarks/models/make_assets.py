@@ -1,4 +1,6 @@
-"""Write the reference models as TorchScript (seeded weights) and the sample inputs ``digit.png`` and ``cat.jpg``.
+"""Write the reference models as TorchScript (seeded weights) and the sample inputs ``digit.png`` and ``cat.jpg``,
+and W3's model: a scikit-learn classifier of the bundled iris data as ONNX (``iris.onnx``, ``feature_names.json``,
+one row as ``iris.json``).
 
 python benchmarks/models/make_assets.py OUT_DIR
 """
@@ -32,6 +34,28 @@ def main(out: Path) -> None:
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8), "L").save(out / "digit.png")
     Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8), "RGB").save(out / "cat.jpg", quality=90)
+    iris(out)
+
+
+def iris(out: Path) -> None:
+    """W3: an ONNX tabular model whose compute is tiny, so a server's own cost is nearly all of a request's."""
+    import json
+
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    data = load_iris()
+    features = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    x = data.data.astype(np.float32)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(
+        x, np.array(data.target_names)[data.target]
+    )
+    (out / "iris.onnx").write_bytes(to_onnx(model, x[:1], target_opset=17).SerializeToString())
+    (out / "feature_names.json").write_text(json.dumps(features))
+    (out / "iris.json").write_text(json.dumps({f: round(float(v), 2) for f, v in zip(features, x[70], strict=True)}))
 
 
 if __name__ == "__main__":

@@ -263,7 +263,7 @@ class ModelRegistry:
                     "defaultVersion": self.defaults.get(name) == v.version,
                     "minWorkers": v.min_workers,
                     "maxWorkers": v.max_workers,
-                    "batchSize": v.config.batch_size,
+                    "batchSize": v.config.batch_size if v.config.batch_size_explicit else None,
                     "maxBatchDelay": v.config.max_batch_delay_ms,
                     "responseTimeout": v.config.response_timeout_s,
                     "handler": v.handler if v.handler != v.extracted.manifest.handler else None,

@@ -67,6 +67,7 @@ class ModelVersion:
                 startup_timeout_s=config.startup_timeout_s,
                 max_load_failures=max_load_failures,
                 memory_limit_bytes=config.worker_memory_limit_bytes,
+                batch_size_auto=not config.batch_size_explicit,
             ),
             stats=self.stats,
             make_init=self._init_message,
@@ -91,6 +92,7 @@ class ModelVersion:
             worker_id=worker_id,
             python_path=self.python_path,
             envelope=self.config.service_envelope,
+            batch_size_auto=self.pool.settings.batch_size_auto,
         )
 
     @property
@@ -107,6 +109,11 @@ class ModelVersion:
     def signature(self) -> dict[str, Any]:
         """The model's inputs and outputs, as its workers reported them."""
         return self.pool.signature
+
+    @property
+    def batch_size(self) -> int:
+        """The batch size in use: the configured one, or (none configured) the one the handler declared, else 1."""
+        return self.pool.settings.batch_size
 
     @property
     def platform(self) -> str:
@@ -192,7 +199,7 @@ class ModelVersion:
             "status": self.state.value,
             "minWorkers": self.min_workers,
             "maxWorkers": self.max_workers,
-            "batchSize": self.config.batch_size,
+            "batchSize": self.batch_size,
             "maxBatchDelay": self.config.max_batch_delay_ms,
             "responseTimeout": self.config.response_timeout_s,
             "startupTimeout": self.config.startup_timeout_s,

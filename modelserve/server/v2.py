@@ -108,7 +108,7 @@ async def model_config(request: web.Request) -> web.Response:
         "name": version.name,
         "platform": version.platform,
         "backend": "python",
-        "max_batch_size": max(version.config.batch_size, 1) if batched else 0,
+        "max_batch_size": max(version.batch_size, 1) if batched else 0,
         "input": [_config_tensor(spec, batched) for spec in inputs],
         "output": [_config_tensor(spec, batched) for spec in signature.get("outputs", [])],
         "dynamic_batching": {"max_queue_delay_microseconds": int(version.config.max_batch_delay_ms * 1000)},

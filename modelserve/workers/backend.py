@@ -65,6 +65,7 @@ class WorkerHandle(Protocol):
     worker_id: str
     start_time: float  # wall clock, for describe
     signature: dict[str, Any]  # the model's inputs and outputs as the worker reported them when ready
+    batch_size: int  # the batch size its handler declared when the init left it to the handler (0: none)
 
     @property
     def alive(self) -> bool:

@@ -74,6 +74,10 @@ class WorkerChannel:
     def signature(self) -> dict[str, Any]:
         return self.handle.signature
 
+    @property
+    def declared_batch_size(self) -> int:
+        return self.handle.batch_size
+
     def usage(self) -> WorkerUsage:
         return self.handle.usage()
 

@@ -102,6 +102,7 @@ class LocalWorker:
         self.log_prefix = log_prefix
         self.start_time = time.time()
         self.signature: dict[str, Any] = {}
+        self.batch_size = 0
         self.process: asyncio.subprocess.Process | ForkedProcess | None = None
         self._env = env
         self._template = template
@@ -191,6 +192,7 @@ class LocalWorker:
             await self.kill()
             raise WorkerLoadError(f"unexpected first reply {type(reply).__name__}")
         self.signature = reply.signature
+        self.batch_size = reply.batch_size
 
     async def _pump(self, stream: asyncio.StreamReader | None, level: int) -> None:
         if stream is None:

@@ -20,7 +20,15 @@ from typing import Any
 
 from modelserve import __version__
 from modelserve.batching.types import InferRequest, InferResult
-from modelserve.handler import BadInputError, Context, HandleFunction, RequestInfo, load_handler, model_signature
+from modelserve.handler import (
+    BadInputError,
+    Context,
+    HandleFunction,
+    RequestInfo,
+    declared_batch_size,
+    load_handler,
+    model_signature,
+)
 from modelserve.protocols import CODECS
 from modelserve.protocols.codec import Codec, ModelTarget, error_result
 from modelserve.tscompat import expose_ts_package
@@ -160,6 +168,8 @@ class Worker:
         self.handle: HandleFunction | None = None
         self.instance: Any = None
         self.signature: dict[str, Any] = {}
+        self.declared_batch_size = 0  # what the handler declared, when the init left the batch size to it
+        self.singles_only = False  # the model failed on a batch its declared default formed: one request at a time
         self.target = ModelTarget(init.model_name, init.model_version)
 
     def load(self) -> None:
@@ -175,6 +185,7 @@ class Worker:
         self.handle, self.instance = load_handler(
             model_dir, self.init.handler, builtin_handlers_dir(), default_package=TORCHSERVE_DEFAULT_HANDLERS
         )
+        loaded = self.handle
         if self.init.envelope:
             self.handle = _enveloped(self.handle, self.init.envelope)
         if self.instance is not None:
@@ -184,6 +195,11 @@ class Worker:
         else:
             # TorchServe calls a function entry once with no data to let it initialize
             self.handle(None, self.context)  # type: ignore[arg-type]
+        if self.init.batch_size_auto:
+            self.declared_batch_size = declared_batch_size(loaded, self.instance)
+            if self.declared_batch_size:
+                self.context.system_properties["batch_size"] = self.declared_batch_size
+                self.context.system_properties["batch_size_source"] = "handler"
         _set_thread_count(self.init.intra_op_threads)
         self.signature = signature_of(self.instance, self.init.model_config)
         outputs = self.signature.get("outputs")
@@ -228,6 +244,9 @@ class Worker:
         timings: dict[str, float],
     ) -> None:
         assert self.handle is not None
+        if self.singles_only and len(data) > 1:
+            self._run_alone(data, infos, positions, codecs, results, timings)
+            return
         self.context.begin_batch(infos)
         self.context.timings = {}
         started = time.perf_counter()
@@ -241,6 +260,19 @@ class Worker:
                 )
         except Exception as exc:
             status, message = _error_of(exc)
+            if len(data) > 1 and self.declared_batch_size > 1:
+                # the batch exists only because the handler declared a default: each request gets the outcome it
+                # would have had alone, and a model that fails on a batch whose requests all succeed alone (a fixed
+                # batch dimension) is run one request at a time from now on
+                self._run_alone(data, infos, positions, codecs, results, timings)
+                if status >= 500 and all(r is not None and r.status < 400 for r in (results[i] for i in positions)):
+                    self.singles_only = True
+                    log.warning(
+                        "the model failed on a batch of %d (%s) but not on one request: running one request at a "
+                        "time from now on; set batchSize: 1 in model-config.yaml to say so",
+                        len(data), message,
+                    )  # fmt: skip
+                return
             if status >= 500:
                 traceback.print_exc()
             for index in positions:
@@ -253,6 +285,23 @@ class Worker:
         target = self.target
         for slot, (index, output) in enumerate(zip(positions, outputs, strict=True)):
             results[index] = codecs[slot].encode(output, data[slot], responses[slot], target)
+
+    def _run_alone(
+        self,
+        data: list[dict[str, Any]],
+        infos: list[RequestInfo],
+        positions: list[int],
+        codecs: list[Codec],
+        results: list[InferResult | None],
+        timings: dict[str, float],
+    ) -> None:
+        """Run each request of the batch as a batch of its own (the handler's time is their sum)."""
+        spent = 0.0
+        for one in range(len(data)):
+            part = slice(one, one + 1)
+            self._run_handler(data[part], infos[part], positions[part], codecs[part], results, timings)
+            spent += timings.get("handler", 0.0)
+        timings["handler"] = spent
 
 
 def _serve(channel: Channel) -> int:
@@ -270,7 +319,7 @@ def _serve(channel: Channel) -> int:
     # or a full collection over torch's objects stalls a request now and then
     gc.collect()
     gc.freeze()
-    channel.send(ReadyMessage(pid=os.getpid(), signature=worker.signature))
+    channel.send(ReadyMessage(pid=os.getpid(), signature=worker.signature, batch_size=worker.declared_batch_size))
     while True:
         try:
             message = channel.receive()

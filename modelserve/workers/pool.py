@@ -49,6 +49,8 @@ class PoolSettings:
     startup_timeout_s: float
     max_load_failures: int
     memory_limit_bytes: int = 0  # workerMemoryLimit: recycle a worker over it after its batch (0: no limit)
+    # no batchSize was configured: a batch size the handler declares (reported when its worker is ready) applies
+    batch_size_auto: bool = False
 
 
 class _Slot:
@@ -132,6 +134,8 @@ class _Slot:
             pool.load_succeeded()
             if worker.signature:
                 pool.signature = worker.signature
+            if pool.settings.batch_size_auto and worker.declared_batch_size:
+                pool.settings.batch_size = worker.declared_batch_size
             return worker
         return None
 

@@ -61,15 +61,19 @@ class InitMessage(Message):
     worker_id: str
     python_path: list[str] = field(default_factory=list)  # directories put first on sys.path (per-model deps)
     envelope: str = ""  # a TorchServe request envelope to wrap the handler in (service_envelope)
+    # batch_size is the server's default, not a setting: a handler that declares a batch size gets that one instead
+    batch_size_auto: bool = False
 
 
 @dataclass
 class ReadyMessage(Message):
-    """Worker -> parent: the handler initialized; ``signature`` lists the model's inputs and outputs if known."""
+    """Worker -> parent: the handler initialized; ``signature`` lists the model's inputs and outputs if known;
+    ``batch_size`` is the one the handler declared when the init left it to the handler (0: none declared)."""
 
     TYPE: ClassVar[MessageType] = MessageType.READY
     pid: int
     signature: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 0
 
 
 @dataclass

@@ -25,6 +25,7 @@ class FakeHandle:
         self.worker_id = worker_id
         self.start_time = 0.0
         self.signature: dict[str, Any] = {"inputs": [], "outputs": []}
+        self.batch_size = 0
         self.sent: list[InferMessage] = []
         self.answered = 0  # batches of ``sent`` replied to so far
         self.init: InitMessage | None = None

@@ -14,6 +14,8 @@ from ts.utils.util import map_class_to_label
 
 
 class ImageClassifier(VisionHandler):
+    # batches of up to 8 when no batchSize is configured (one request still goes at once)
+    default_batch_size = 8
     topk = 5
     image_processing: ImagePipeline = default_image_pipeline()
 

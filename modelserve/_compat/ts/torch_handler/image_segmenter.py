@@ -11,6 +11,8 @@ from ts.torch_handler.vision_handler import ImagePipeline, VisionHandler, defaul
 
 
 class ImageSegmenter(VisionHandler):
+    # batches of up to 8 when no batchSize is configured (one request still goes at once)
+    default_batch_size = 8
     image_processing: ImagePipeline = default_image_pipeline()
 
     def postprocess(self, data: Any) -> list[Any]:

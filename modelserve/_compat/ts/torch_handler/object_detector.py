@@ -10,6 +10,8 @@ from ts.utils.util import map_class_to_label
 
 
 class ObjectDetector(VisionHandler):
+    # batches of up to 8 when no batchSize is configured (one request still goes at once)
+    default_batch_size = 8
     image_processing: ImagePipeline = default_image_pipeline(resize=None, crop=None, mean=None)
     threshold = 0.5
 
