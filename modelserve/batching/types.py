@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol as TypingProtocol
 
 # content type of a result that carries an error message rather than a handler's output
 ERROR_CONTENT_TYPE = "application/x-modelserve-error"
@@ -35,9 +37,27 @@ class InferRequest:
     protocol: str = Protocol.TORCHSERVE.value
 
 
+class ResultStream(TypingProtocol):
+    """The pieces of a streamed answer, in order, as they arrive from the worker.
+
+    Each piece is an :class:`InferResult` encoded by the request's codec (status 200); a piece whose content type is
+    ``ERROR_CONTENT_TYPE`` ends the stream with that error (a handler error mid-stream). Iteration ends after the last
+    piece. ``cancel`` stops the rest of the stream in the worker (the client left); it is safe to call at any time
+    and more than once. Taking pieces is what lets the worker send more: a reader that stops taking pauses the
+    worker, whose buffer stays bounded.
+    """
+
+    def __aiter__(self) -> AsyncIterator[InferResult]: ...
+
+    def cancel(self) -> None: ...
+
+
 @dataclass
 class InferResult:
     status: int
     content_type: str
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    # a streamed answer: ``status``, ``content_type`` and ``headers`` are those of the whole response, ``body`` is
+    # empty, and the pieces come from ``stream``
+    stream: ResultStream | None = None
