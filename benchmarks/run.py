@@ -60,7 +60,13 @@ INPUTS = {
     "resnet18": ("cat.jpg", "application/octet-stream"),
     "iris": ("iris.json", "application/json"),
 }
-IMAGE_MODELS = ("convnet", "resnet18")
+
+
+def input_model(name: str) -> str:
+    """The model whose input ``name`` takes: itself, or convnet for its copies convnet0, convnet1, ..."""
+    return name if name in INPUTS else name.rstrip("0123456789")
+
+
 # "same": every server with MODEL_CONFIG; "defaults": archives without a model-config.yaml, LitServe in its
 # idiomatic setup (LITSERVE_DEFAULTS). TorchServe runs with OMP_NUM_THREADS=1 in both (its own advice).
 SETTINGS_MODES = ("same", "defaults")
@@ -296,11 +302,11 @@ class Server:
         return self.ready_s
 
     def body(self, assets: Path, model: str) -> Path:
-        source = INPUTS[model.rstrip("0123456789")][0]
+        source = INPUTS[input_model(model)][0]
         return assets / (f"{source}.json" if self.json_bodies and not source.endswith(".json") else source)
 
     def content_type(self, model: str) -> str:
-        return "application/json" if self.json_bodies else INPUTS[model.rstrip("0123456789")][1]
+        return "application/json" if self.json_bodies else INPUTS[input_model(model)][1]
 
     def post(self, assets: Path, model: str, timeout: float = 30.0) -> tuple[int, bytes]:
         body = self.body(assets, model).read_bytes()
