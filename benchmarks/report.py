@@ -125,8 +125,9 @@ def markdown(result: dict[str, Any], json_name: str) -> str:
         lines += [f"| {figure} | {want} | {got} | {_check(ok)} |" for figure, want, got, ok in rows]
     scale = result.get("scaling") or {}
     if scale:
-        lines += ["", "Scaling (modelserve alone):", "", "| loaded W1 copies | start to READY (s) | PSS (MB) |",
-                  "| --- | --- | --- |"]  # fmt: skip
+        source = f", from the earlier run `results/{result['scaling_from']}`" if result.get("scaling_from") else ""
+        lines += ["", f"Scaling (modelserve alone{source}):", "",
+                  "| loaded W1 copies | start to READY (s) | PSS (MB) |", "| --- | --- | --- |"]  # fmt: skip
         lines += [f"| {k} | {v['ready_s']:.2f} | {v['pss_mb']:.0f} |" for k, v in scale["models"].items()]
         lines += ["", "| batch size (W1, c=64) | req/s | p99 ms | errors |", "| --- | --- | --- | --- |"]
         lines += [

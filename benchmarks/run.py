@@ -286,7 +286,15 @@ class Server:
                     command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=WORK, start_new_session=True
                 )
             )
-        deadline = started + timeout
+        try:
+            self._wait_ready(assets, models, started + timeout)
+        except BaseException:
+            self.stop()  # a server that did not start is not left running
+            raise
+        self.ready_s = time.monotonic() - started
+        return self.ready_s
+
+    def _wait_ready(self, assets: Path, models: list[str], deadline: float) -> None:
         pending = set(models)
         while pending and time.monotonic() < deadline:
             for model in list(pending):
@@ -294,12 +302,10 @@ class Server:
                 if status == 200:
                     pending.discard(model)
             if any(p.poll() is not None for p in self.processes):
-                raise RuntimeError(f"{self.name} exited during start; see {logs}")
+                raise RuntimeError(f"{self.name} exited during start; see {WORK / 'logs'}")
             time.sleep(0.05)
         if pending:
-            raise RuntimeError(f"{self.name}: {', '.join(pending)} not ready after {timeout:g} s")
-        self.ready_s = time.monotonic() - started
-        return self.ready_s
+            raise RuntimeError(f"{self.name}: {', '.join(pending)} not ready in time")
 
     def body(self, assets: Path, model: str) -> Path:
         source = INPUTS[input_model(model)][0]
@@ -340,7 +346,8 @@ def modelserve_server(
     config.write_text("".join(f"{k}_address=http://127.0.0.1:{p}\n" for k, p in ports.items()))
 
     def command() -> list[tuple[list[str], dict[str, str]]]:
-        env = clean_env(PYTHONPATH=str(source)) if source is not None else clean_env()
+        # this checkout's code first, whatever the venv has installed (a run from a worktree measures that tree)
+        env = clean_env(PYTHONPATH=str(source if source is not None else REPO))
         return [([*prefix, str(PYTHON), "-m", "modelserve.cli", "--start", "--foreground", "--ncs",
                   "--disable-token-auth", "--model-store", str(store), "--ts-config", str(config),
                   "--pid-file", str(WORK / f"{tag}.pid"),
@@ -704,6 +711,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="A B C A B C rounds")
     parser.add_argument("--servers", default="modelserve,torchserve,litserve")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument(
+        "--scaling-from", type=Path, metavar="RUN.json", help="report the scaling figures of that earlier run, named"
+    )
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--baseline", metavar="COMMIT", help="also run modelserve at COMMIT, alternating with it")
     args = parser.parse_args()
@@ -822,6 +832,9 @@ def main() -> int:
         "sweep": {name: points for name, points in sweeps.items() if points},
         "scaling": {} if args.skip_scaling else scaling(assets, args.duration),
     }
+    if args.scaling_from is not None:  # modelserve-alone figures of an earlier run, named as such in the report
+        result["scaling"] = json.loads(args.scaling_from.read_text())["scaling"]
+        result["scaling_from"] = args.scaling_from.name
     RESULTS.mkdir(exist_ok=True)
     output = args.output or RESULTS / ("quick.json" if args.quick else f"run-{time.strftime('%Y%m%d-%H%M%S')}.json")
     output.write_text(json.dumps(result, indent=2))
