@@ -343,7 +343,8 @@ def modelserve_server(
     """
     ports = {key: free_port() for key in ("inference", "management", "metrics")}
     config = WORK / f"{tag}.properties"
-    config.write_text("".join(f"{k}_address=http://127.0.0.1:{p}\n" for k, p in ports.items()))
+    # no gRPC: its default ports would clash between servers run side by side (and with TorchServe's)
+    config.write_text("".join(f"{k}_address=http://127.0.0.1:{p}\n" for k, p in ports.items()) + "enable_grpc=false\n")
 
     def command() -> list[tuple[list[str], dict[str, str]]]:
         # this checkout's code first, whatever the venv has installed (a run from a worktree measures that tree)

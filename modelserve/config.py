@@ -51,22 +51,6 @@ IGNORED_TORCHSERVE_KEYS = frozenset({
     "python", "tsConfigFile", "version",
 })  # fmt: skip
 
-_NO_GRPC = (
-    "modelserve has no gRPC server yet, so nothing listens there: clients use the HTTP inference API "
-    "(/predictions, or the Open Inference Protocol under /v2)"
-)
-# TorchServe keys for features modelserve does not have (yet): each one given is warned about with the reason
-UNSUPPORTED_TORCHSERVE_KEYS: dict[str, str] = {
-    key: _NO_GRPC
-    for key in (
-        "grpc_inference_address", "grpc_management_address", "grpc_inference_port", "grpc_management_port",
-        "grpc_inference_max_connection_age_ms", "grpc_management_max_connection_age_ms",
-        "grpc_inference_max_connection_age_grace_ms", "grpc_management_max_connection_age_grace_ms",
-    )
-}  # fmt: skip
-# keys that only ask for the missing feature when they are true (``enable_grpc=false`` asks for nothing)
-_UNSUPPORTED_WHEN_TRUE = {"enable_grpc": _NO_GRPC, "enable_grpc_ssl": _NO_GRPC}
-
 # ServerConfig fields that no key of their own sets (filled from another key's value)
 DERIVED_SETTINGS = frozenset({"snapshot_to_restore"})
 
@@ -96,6 +80,29 @@ def _list(value: str) -> list[str]:
 def _address(value: str) -> str:
     parse_address(value)
     return value.strip()
+
+
+def _grpc_host(value: str) -> str:
+    """TorchServe's gRPC address keys name a host (an IP address or a name), not a URL: ``127.0.0.1``, ``::1``."""
+    host = value.strip().strip("[]")
+    if not host or any(c.isspace() or c in "/@?#" for c in host) or "://" in value:
+        raise ValueError(f"expected a host name or IP address such as 127.0.0.1, got {value!r}")
+    return host
+
+
+def _port(value: str) -> int:
+    return parse_int(value, "", 0, 65535)
+
+
+def _optional_bool(value: str) -> bool | None:
+    return None if not value.strip() else _bool(value)
+
+
+def grpc_available() -> bool:
+    """Whether grpcio and protobuf can be imported (looked up without importing them: the parent stays light)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("grpc", "google.protobuf", "google.rpc"))
 
 
 def _choice(value: str, choices: tuple[str, ...]) -> str:
@@ -219,6 +226,24 @@ class ServerConfig:
     worker_backend: str = "local"
     log_level: str = "INFO"
     log_format: str = "plain"
+    # gRPC (TorchServe's keys, and enable_grpc of modelserve's own): None means on when grpcio is installed
+    enable_grpc: bool | None = None
+    grpc_inference_address: str = "127.0.0.1"
+    grpc_inference_port: int = 7070
+    grpc_management_address: str = "127.0.0.1"
+    grpc_management_port: int = 7071
+    # 0: no limit (TorchServe's default, Long.MAX_VALUE)
+    grpc_inference_max_connection_age_ms: int = 0
+    grpc_inference_max_connection_age_grace_ms: int = 0
+    grpc_management_max_connection_age_ms: int = 0
+    grpc_management_max_connection_age_grace_ms: int = 0
+    enable_grpc_ssl: bool = False
+    # calls in progress at once on each gRPC server (a stream counts as one); one more is refused (RESOURCE_EXHAUSTED)
+    grpc_max_concurrent_streams: int = 1000
+
+    def grpc_enabled(self) -> bool:
+        """gRPC serves unless enable_grpc=false; with the key unset, only when grpcio is installed."""
+        return grpc_available() if self.enable_grpc is None else self.enable_grpc
 
     def apply(self, values: Mapping[str, str], source: str) -> None:
         """Set fields from string values; unknown keys are warned about, invalid values raise ConfigError."""
@@ -245,6 +270,19 @@ class ServerConfig:
             raise ConfigError(
                 f"refusing to serve the management API on non-loopback address {host} with token authorization "
                 "disabled: enable tokens or bind management_address to 127.0.0.1"
+            )
+        if self.enable_grpc_ssl and self.enable_grpc is not False:
+            raise ConfigError(
+                "enable_grpc_ssl=true: modelserve's gRPC server speaks plaintext only; put TLS in a proxy in front "
+                "of grpc_inference_port and grpc_management_port, or set enable_grpc=false"
+            )
+        if self.enable_grpc and not grpc_available():
+            raise ConfigError("enable_grpc=true, but grpcio is not installed: pip install 'modelserve[grpc]'")
+        grpc_host = self.grpc_management_address
+        if self.grpc_enabled() and self.disable_token_authorization and not is_loopback(grpc_host):
+            raise ConfigError(
+                f"refusing to serve the gRPC management API on non-loopback address {grpc_host} with token "
+                "authorization disabled: enable tokens or bind grpc_management_address to 127.0.0.1"
             )
         if self.max_request_size < 1 or self.max_response_size < 1:
             raise ConfigError("max_request_size and max_response_size must be positive")
@@ -278,12 +316,7 @@ class ServerConfig:
 
 
 def _warn_unused(key: str, raw: str, source: str) -> None:
-    if key in UNSUPPORTED_TORCHSERVE_KEYS:
-        log.warning("%s: %s is set, but %s", source, key, UNSUPPORTED_TORCHSERVE_KEYS[key])
-    elif key in _UNSUPPORTED_WHEN_TRUE:
-        if _bool(raw):
-            log.warning("%s: %s=true, but %s", source, key, _UNSUPPORTED_WHEN_TRUE[key])
-    elif key in IGNORED_TORCHSERVE_KEYS:
+    if key in IGNORED_TORCHSERVE_KEYS:
         log.warning("%s: TorchServe key %r is not used by modelserve; ignored", source, key)
     else:
         log.warning("%s: unknown configuration key %r ignored", source, key)
@@ -335,6 +368,17 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "worker_backend": lambda v: v.strip().lower() or "local",
     "log_level": lambda v: _choice(v.strip().upper(), ("DEBUG", "INFO", "WARNING", "ERROR")),
     "log_format": lambda v: _choice(v.strip().lower(), ("plain", "json")),
+    "enable_grpc": _optional_bool,
+    "grpc_inference_address": _grpc_host,
+    "grpc_inference_port": _port,
+    "grpc_management_address": _grpc_host,
+    "grpc_management_port": _port,
+    "grpc_inference_max_connection_age_ms": _int_at_least(0),
+    "grpc_inference_max_connection_age_grace_ms": _int_at_least(0),
+    "grpc_management_max_connection_age_ms": _int_at_least(0),
+    "grpc_management_max_connection_age_grace_ms": _int_at_least(0),
+    "enable_grpc_ssl": _bool,
+    "grpc_max_concurrent_streams": _int_at_least(1),
 }
 
 

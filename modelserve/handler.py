@@ -150,6 +150,8 @@ class Context:
         self.header_key_sequence_end = os.environ.get("TS_REQUEST_SEQUENCE_END", "ts_request_sequence_end")
         # state a handler keeps across batches (TorchServe's handlers set context.cache themselves)
         self.cache: dict[Any, Any] = {}
+        # where send_intermediate sends a part at once (the worker sets it); None: parts are kept for the final body
+        self.stream_sink: Callable[[int, Any], None] | None = None
 
     def begin_batch(self, requests: list[RequestInfo]) -> None:
         self.requests = requests
@@ -209,11 +211,15 @@ class Context:
         return self.get_request_header(idx, self.header_key_sequence_id)
 
     def send_intermediate(self, idx: int, output: Any) -> None:
-        """Queue a part of request ``idx``'s answer that goes out before the final result.
+        """Send a part of request ``idx``'s answer now, before the final result: the request is answered by a stream
+        whose pieces are the parts, then the final result.
 
-        Parts and the final result are sent as one body, in order (what a client reading a chunked TorchServe reply
-        to the end receives); they are not yet delivered one by one.
+        In a worker the part goes out at once (this may wait while the client is slow to read). Without a worker (a
+        context built by hand) the parts are kept and sent with the final result as one body, in order.
         """
+        if self.stream_sink is not None:
+            self.stream_sink(idx, output)
+            return
         self.responses[idx].parts.append(output)
 
 

@@ -60,6 +60,7 @@ class VersionStats:
         self.queue_wait = Histogram()
         self.handler_steps: dict[str, Histogram] = {}
         self.batch_size = Histogram(tuple(float(b) for b in BATCH_BUCKETS))
+        self.stream_first_piece = Histogram()  # streamed answers: from arrival to the first piece relayed
         self.worker_restarts = 0  # workers that died after they were ready
         self.worker_load_failures = 0  # worker starts that failed (load error, timeout, killed while starting)
         self.worker_recycles: Counter[str] = Counter()  # workers replaced on purpose, by reason ("memory")

@@ -8,7 +8,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -30,6 +30,9 @@ from modelserve.server.management import create_management_app
 from modelserve.server.metrics_app import create_metrics_app
 from modelserve.server.state import ServerState
 from modelserve.server.workdir import WorkDir, remove_stale
+
+if TYPE_CHECKING:
+    from modelserve.server.grpc_server import GrpcFront
 
 log = logging.getLogger("modelserve.server")
 
@@ -57,6 +60,9 @@ class BoundAddresses:
     inference: str
     management: str
     metrics: str | None
+    # host:port of the gRPC servers (None: gRPC is off)
+    grpc_inference: str | None = None
+    grpc_management: str | None = None
 
 
 def parse_model_specs(specs: list[str], store: ModelStore) -> list[tuple[str | None, str]]:
@@ -89,6 +95,7 @@ class Server:
             model_api_enabled=options.model_api,
         )
         self.runners: list[web.AppRunner] = []
+        self.grpc: GrpcFront | None = None
         self.stop_event = asyncio.Event()
         self.startup_failures: list[StartupFailure] = []
 
@@ -129,9 +136,18 @@ class Server:
             host, _ = parse_address(address)
             if not is_loopback(host):
                 log.warning("%s is reachable from other machines: put authentication in front of it", address)
+        grpc_inference = grpc_management = None
+        if config.grpc_enabled():
+            # imported here: grpc and protobuf load only when gRPC is on
+            from modelserve.server.grpc_server import GrpcFront
+
+            self.grpc = GrpcFront(self.state, token)
+            grpc_inference, grpc_management = await self.grpc.start()
+        elif config.enable_grpc is None:
+            log.info("gRPC is off: grpcio is not installed (pip install 'modelserve[grpc]' to serve it)")
         if token is not None:
             log.info("management API token written to %s", Path(config.key_file).resolve())
-        return BoundAddresses(inference, management, metrics)
+        return BoundAddresses(inference, management, metrics, grpc_inference, grpc_management)
 
     async def load_startup_models(self) -> None:
         """Restore the snapshot (if any), then load the models named on the command line, concurrently."""
@@ -213,6 +229,9 @@ class Server:
         self.state.save_snapshot()
         self.state.draining = True
         await self.state.registry.stop_all(self.config.shutdown_timeout)
+        if self.grpc is not None:
+            await self.grpc.stop()
+            self.grpc = None
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
@@ -225,6 +244,14 @@ def describe_startup(addresses: BoundAddresses, config: ServerConfig, state: Ser
         f"Inference API bound to {addresses.inference}",
         f"Management API bound to {addresses.management}",
         f"Metrics API bound to {addresses.metrics}" if addresses.metrics else "Metrics API disabled",
+        *(
+            [
+                f"gRPC Inference API bound to {addresses.grpc_inference}",
+                f"gRPC Management API bound to {addresses.grpc_management}",
+            ]
+            if addresses.grpc_inference
+            else ["gRPC API disabled"]
+        ),
         f"Model store: {state.store.root or '(none)'}",
     ]
     for version in state.registry.all_versions():

@@ -22,7 +22,7 @@ from modelserve.errors import (
     ModelServeError,
     VersionNotFoundError,
 )
-from modelserve.models.registry import RegisterOptions
+from modelserve.models.registry import ModelRegistry, RegisterOptions
 from modelserve.models.store import DownloadLimits, ModelSource, download, is_remote
 from modelserve.models.version import ModelVersion
 from modelserve.server import v2
@@ -135,13 +135,12 @@ async def _register_params(request: web.Request) -> Params:
     return params
 
 
-async def list_models(request: web.Request) -> web.Response:
+def list_page(registry: ModelRegistry, params: Params) -> dict[str, Any]:
     """TorchServe's paging: at most 100 per page; ``nextPageToken`` whenever the page did not run past the end."""
-    registry = request.app[STATE].registry
-    limit = _int_param(request.query, "limit", 100) or 0
+    limit = _int_param(params, "limit", 100) or 0
     if limit > 100 or limit < 0:
         limit = 100
-    start = max(_int_param(request.query, "next_page_token", 0) or 0, 0)
+    start = max(_int_param(params, "next_page_token", 0) or 0, 0)
     names = sorted(registry.models)
     last = start + limit
     body: dict[str, Any] = {}
@@ -150,7 +149,11 @@ async def list_models(request: web.Request) -> web.Response:
     else:
         body["nextPageToken"] = str(last)
     body["models"] = [{"modelName": n, "modelUrl": registry.get(n, None).url} for n in names[start:last]]
-    return web.json_response(body)
+    return body
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response(list_page(request.app[STATE].registry, request.query))
 
 
 _MODEL_API_USE = "(or enable_model_api=true) to register or unregister models over HTTP"
@@ -211,11 +214,10 @@ def _load_failure(version: ModelVersion, error: Exception) -> ModelLoadError:
     return ModelLoadError(f"Failed to start workers for model {version.name} version: {version.version}: {error}")
 
 
-async def register_model(request: web.Request) -> web.Response:
-    """Register a version; by default (as in TorchServe) answer once its workers are up."""
-    state = request.app[STATE]
-    require_model_api(state, _MODEL_API_USE)
-    params = await _register_params(request)
+async def register(state: ServerState, params: Params, model_api_use: str) -> tuple[int, str]:
+    """Register a version from TorchServe's registration parameters; by default (as in TorchServe) answer once its
+    workers are up. Returns the HTTP status (200, or 202 when not waiting) and the status text."""
+    require_model_api(state, model_api_use)
     url = params.get("url")
     if url is None:
         raise InvalidRequestError("Parameter url is required.")
@@ -234,21 +236,22 @@ async def register_model(request: web.Request) -> web.Response:
     registered = f'Model "{version.name}" Version: {version.version} registered with {workers} initial workers'
     if workers == 0:
         state.save_snapshot()
-        return web.json_response({"status": registered + ". Use scale workers API to add workers for the model."})
+        return 200, registered + ". Use scale workers API to add workers for the model."
     if not synchronous:
         state.save_snapshot()
-        return web.json_response({"status": "Processing worker updates..."}, status=202)
+        return 202, "Processing worker updates..."
     try:
         await version.wait_ready()
     except ModelLoadError as exc:
         await _roll_back(state, version)
         raise _load_failure(version, exc) from None
     state.save_snapshot()
-    return web.json_response({"status": registered})
+    return 200, registered
 
 
-def _version_of(request: web.Request) -> ModelVersion:
-    return request.app[STATE].registry.get(request.match_info["name"], request.match_info.get("version"))
+async def register_model(request: web.Request) -> web.Response:
+    status, text = await register(request.app[STATE], await _register_params(request), _MODEL_API_USE)
+    return web.json_response({"status": text}, status=status)
 
 
 _TS_DESCRIBE_ORDER = (
@@ -297,32 +300,33 @@ def describe(version: ModelVersion) -> dict[str, Any]:
     return ordered
 
 
-async def describe_model(request: web.Request) -> web.Response:
-    registry = request.app[STATE].registry
-    name = request.match_info["name"]
-    if request.match_info.get("version") == "all":
+def describe_versions(registry: ModelRegistry, name: str, version_name: str | None) -> list[dict[str, Any]]:
+    """The description of one version (the default when None), or of every version for ``all``."""
+    if version_name == "all":
         registry.get(name, None)
         versions = registry.versions(name)
     else:
-        versions = [_version_of(request)]
-    return web.json_response([describe(v) for v in versions])
+        versions = [registry.get(name, version_name)]
+    return [describe(v) for v in versions]
 
 
-async def scale_model(request: web.Request) -> web.Response:
+async def describe_model(request: web.Request) -> web.Response:
+    registry = request.app[STATE].registry
+    return web.json_response(describe_versions(registry, request.match_info["name"], request.match_info.get("version")))
+
+
+async def scale(state: ServerState, name: str, asked_version: str | None, params: Params) -> tuple[int, str]:
     """TorchServe's defaults: ``min_worker`` 1, ``max_worker`` the minimum, asynchronous (202)."""
-    state = request.app[STATE]
-    name = request.match_info["name"]
-    asked_version = request.match_info.get("version") or request.query.get("model_version") or None
     version = state.registry.get(name, asked_version)
-    min_workers = _int_param(request.query, "min_worker", 1, maximum=MAX_WORKERS)
+    min_workers = _int_param(params, "min_worker", 1, maximum=MAX_WORKERS)
     assert min_workers is not None
-    max_workers = _int_param(request.query, "max_worker", min_workers, maximum=MAX_WORKERS)
+    max_workers = _int_param(params, "max_worker", min_workers, maximum=MAX_WORKERS)
     assert max_workers is not None
     if max_workers < min_workers:
         raise InvalidRequestError("max_worker cannot be less than min_worker.")
     if min_workers < 0:
         raise InvalidRequestError(f"min_worker must not be negative, got {min_workers}")
-    synchronous = _bool_param(request.query, "synchronous", False)
+    synchronous = _bool_param(params, "synchronous", False)
     try:
         await state.registry.scale(version, min_workers, max_workers, synchronous)
     except ModelLoadError as exc:
@@ -330,36 +334,51 @@ async def scale_model(request: web.Request) -> web.Response:
     finally:
         state.save_snapshot()
     if not synchronous:
-        return web.json_response({"status": "Processing worker updates..."}, status=202)
+        return 202, "Processing worker updates..."
     message = f"Workers scaled to {min_workers} for model: {name}"
     if asked_version is not None:
         message += f", version: {asked_version}"
-    return web.json_response({"status": message})
+    return 200, message
 
 
-async def unregister_model(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    require_model_api(state, _MODEL_API_USE)
+async def scale_model(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    asked_version = request.match_info.get("version") or request.query.get("model_version") or None
+    status, text = await scale(request.app[STATE], name, asked_version, request.query)
+    return web.json_response({"status": text}, status=status)
+
+
+async def unregister(state: ServerState, name: str, version_name: str | None, model_api_use: str) -> str:
+    require_model_api(state, model_api_use)
     registry = state.registry
-    version = _version_of(request)
+    version = registry.get(name, version_name)
     if len(registry.versions(version.name)) > 1 and registry.defaults.get(version.name) == version.version:
         raise DefaultVersionInUseError(
             f"Cannot remove default version for model {version.name}: set another default version first"
         )
     await registry.unregister(version.name, version.version)
     state.save_snapshot()
-    return web.json_response({"status": f'Model "{version.name}" unregistered'})
+    return f'Model "{version.name}" unregistered'
 
 
-async def set_default(request: web.Request) -> web.Response:
+async def unregister_model(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    name, version = request.match_info["name"], request.match_info["version"]
+    text = await unregister(state, request.match_info["name"], request.match_info.get("version"), _MODEL_API_USE)
+    return web.json_response({"status": text})
+
+
+def set_default_version(state: ServerState, name: str, version: str) -> str:
     state.registry.get(name, None)
     if version not in state.registry.models[name]:
         raise VersionNotFoundError(f"Model version {version} does not exist for model {name}")
     state.registry.set_default(name, version)
     state.save_snapshot()
-    return web.json_response({"status": f'Default version successfully updated for model "{name}" to "{version}"'})
+    return f'Default version successfully updated for model "{name}" to "{version}"'
+
+
+async def set_default(request: web.Request) -> web.Response:
+    text = set_default_version(request.app[STATE], request.match_info["name"], request.match_info["version"])
+    return web.json_response({"status": text})
 
 
 def create_management_app(state: ServerState, token: str | None) -> web.Application:

@@ -62,6 +62,10 @@ class ServerCollector(Collector):
         batch = HistogramMetricFamily(
             "modelserve_batch_size", "Requests per batch sent to a worker", labels=VERSION_LABELS
         )
+        first_piece = HistogramMetricFamily(
+            "modelserve_stream_first_piece_seconds", "Streamed answers: time from arrival to the first piece",
+            labels=VERSION_LABELS,
+        )  # fmt: skip
         depth = GaugeMetricFamily("modelserve_queue_depth", "Requests waiting in the queue", labels=VERSION_LABELS)
         in_flight = GaugeMetricFamily(
             "modelserve_requests_in_flight", "Requests handed to workers, not yet answered", labels=VERSION_LABELS
@@ -75,9 +79,10 @@ class ServerCollector(Collector):
             for step, histogram in sorted(v.stats.handler_steps.items()):
                 _histogram(handler, [*labels, step], histogram)
             _histogram(batch, labels, v.stats.batch_size)
+            _histogram(first_piece, labels, v.stats.stream_first_piece)
             depth.add_metric(labels, len(v.batcher))
             in_flight.add_metric(labels, v.pool.in_flight)
-        yield from (requests, latency, queue, handler, batch, depth, in_flight)
+        yield from (requests, latency, queue, handler, batch, first_piece, depth, in_flight)
 
     def _worker_families(self, versions: list[ModelVersion]) -> Iterator[Metric]:
         live = GaugeMetricFamily("modelserve_workers_live", "Workers alive and ready", labels=VERSION_LABELS)

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from modelserve import __version__
-from modelserve.errors import ModelServeError
+from modelserve.errors import ModelNotFoundError
 from modelserve.models.registry import RegisterOptions
 from modelserve.models.store import archive_stem
 from modelserve.models.version import ModelVersion, VersionState
@@ -161,8 +161,8 @@ def _store_names(state: ServerState) -> dict[str, str]:
     return names
 
 
-async def repository_index(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+def repository_entries(state: ServerState) -> list[dict[str, Any]]:
+    """Every version registered (name, version, state, the reason when FAILED), and the store's unloaded models."""
     entries: list[dict[str, Any]] = []
     loaded = set()
     for version in state.registry.all_versions():
@@ -174,36 +174,47 @@ async def repository_index(request: web.Request) -> web.Response:
     for name in _store_names(state):
         if name not in loaded:
             entries.append({"name": name, "state": "UNAVAILABLE", "reason": "unloaded"})
-    return web.json_response(sorted(entries, key=lambda e: (e["name"], e.get("version", ""))))
+    return sorted(entries, key=lambda e: (e["name"], e.get("version", "")))
 
 
-async def repository_load(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    require_model_api(state, "to load or unload models")
-    name = check_name(request.match_info["name"])  # the same rules as every registration (400 naming it)
+async def repository_index(request: web.Request) -> web.Response:
+    return web.json_response(repository_entries(request.app[STATE]))
+
+
+_REPOSITORY_USE = "to load or unload models"
+
+
+async def load_from_store(state: ServerState, name: str) -> None:
+    """Load the model ``name`` from its archive in the store (nothing to do when it is registered)."""
+    require_model_api(state, _REPOSITORY_USE)
+    name = check_name(name)  # the same rules as every registration (400 naming it)
     if name in state.registry.models:
-        return web.json_response({})
+        return
     archive = _store_names(state).get(name)
     if archive is None:
-        raise web.HTTPNotFound(text=f"model {name} is not in the model store")
-    try:
-        await state.registry.register(state.store.resolve(archive), RegisterOptions(model_name=name, synchronous=True))
-    except ModelServeError:
-        raise
+        raise ModelNotFoundError(f"model {name} is not in the model store")
+    await state.registry.register(state.store.resolve(archive), RegisterOptions(model_name=name, synchronous=True))
     state.save_snapshot()
-    return web.json_response({})
 
 
-async def repository_unload(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    require_model_api(state, "to load or unload models")
-    name = request.match_info["name"]
+async def unload_all_versions(state: ServerState, name: str) -> None:
+    """Unregister every version of ``name``, the default last."""
+    require_model_api(state, _REPOSITORY_USE)
     registry = state.registry
     versions = registry.versions(name)
     default = registry.defaults[name]
     for version in sorted(versions, key=lambda v: v.version == default):
         await registry.unregister(name, version.version)
     state.save_snapshot()
+
+
+async def repository_load(request: web.Request) -> web.Response:
+    await load_from_store(request.app[STATE], request.match_info["name"])
+    return web.json_response({})
+
+
+async def repository_unload(request: web.Request) -> web.Response:
+    await unload_all_versions(request.app[STATE], request.match_info["name"])
     return web.json_response({})
 
 

@@ -23,7 +23,15 @@ from modelserve.errors import ConfigError
 if TYPE_CHECKING:
     from modelserve.config import ServerConfig
     from modelserve.errors import WorkerDiedError
-    from modelserve.workers.protocol import InferMessage, InitMessage, ResultMessage
+    from modelserve.workers.protocol import (
+        CancelMessage,
+        CreditMessage,
+        InferMessage,
+        InitMessage,
+        ResultMessage,
+        StreamEndMessage,
+        StreamPieceMessage,
+    )
 
 # name -> "module:attribute" of a class taking the ServerConfig
 BACKENDS: Mapping[str, str] = {
@@ -55,6 +63,9 @@ class WorkerEvents(Protocol):
     def on_reply(self, message: ResultMessage) -> None:
         """A batch's reply arrived (the oldest batch sent: one computes at a time)."""
 
+    def on_stream(self, message: StreamPieceMessage | StreamEndMessage) -> None:
+        """A piece or the end of a streamed answer of the batch at the worker (before or after its reply)."""
+
     def on_lost(self, error: WorkerDiedError) -> None:
         """The worker can take and answer nothing more: it exited, its connection closed, or it broke protocol."""
 
@@ -76,6 +87,9 @@ class WorkerHandle(Protocol):
 
     def send(self, message: InferMessage) -> None:
         """Hand one batch to the worker (it does not wait); raise WorkerDiedError when it is gone."""
+
+    def send_control(self, message: CreditMessage | CancelMessage) -> None:
+        """Hand a stream's credit or cancel frame to the worker; raise WorkerDiedError when it is gone."""
 
     async def wait_exit(self) -> str:
         """Wait until the worker is gone; return why, in words (``exit code 1``, ``killed by signal SIGKILL``)."""

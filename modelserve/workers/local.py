@@ -26,6 +26,8 @@ from modelserve.errors import WorkerDiedError, WorkerLoadError
 from modelserve.workers.backend import WorkerEvents, WorkerSpec, WorkerUsage
 from modelserve.workers.protocol import (
     LENGTH,
+    CancelMessage,
+    CreditMessage,
     InferMessage,
     InitMessage,
     LoadFailedMessage,
@@ -34,6 +36,8 @@ from modelserve.workers.protocol import (
     ReadyMessage,
     ResultMessage,
     ShutdownMessage,
+    StreamEndMessage,
+    StreamPieceMessage,
     decode,
     encode,
 )
@@ -220,6 +224,9 @@ class LocalWorker:
     def send(self, message: InferMessage) -> None:
         self._send(message)
 
+    def send_control(self, message: CreditMessage | CancelMessage) -> None:
+        self._send(message)
+
     def _on_frame(self, frame: bytes) -> None:
         """One whole frame from the worker: its first message, or the reply to the oldest batch sent."""
         try:
@@ -229,6 +236,10 @@ class LocalWorker:
             return
         if self._first is not None and not self._first.done():
             self._first.set_result(message)
+            return
+        if isinstance(message, (StreamPieceMessage, StreamEndMessage)):
+            if self._events is not None:
+                self._events.on_stream(message)
             return
         if not isinstance(message, ResultMessage):
             self._broken(f"worker sent an unexpected {type(message).__name__}")

@@ -2,29 +2,43 @@
 
 One model version per worker. A single blocking loop: receive a batch frame, run the handler, send the results.
 The parent owns batching, timeouts and supervision; the worker only computes.
+
+Streams: a handler answers a request with a stream by returning an iterator (a generator) as its result, or by
+calling ``context.send_intermediate`` (TorchServe's ``send_intermediate_predict_response``) before it returns. The
+batch's RESULT frame goes out when the handler returns (plain results are answered then); the worker then runs the
+batch's streams round-robin, one piece of each in turn, each piece its own frame, until every stream has ended. A
+stream may be at most ``STREAM_WINDOW`` pieces ahead of its reader in the parent: out of credit, the worker waits,
+reading credit and cancel frames (a cancel closes the generator, so its ``finally`` runs), and keeps any batch that
+arrives meanwhile for later.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
+import select
 import signal
 import socket
 import sys
 import time
 import traceback
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modelserve import __version__
-from modelserve.batching.types import InferRequest, InferResult
+from modelserve.batching.types import ERROR_CONTENT_TYPE, InferRequest, InferResult
 from modelserve.handler import (
     BadInputError,
     Context,
     HandleFunction,
     RequestInfo,
+    ResponseInfo,
     declared_batch_size,
     load_handler,
     model_signature,
@@ -34,6 +48,9 @@ from modelserve.protocols.codec import Codec, ModelTarget, error_result
 from modelserve.tscompat import expose_ts_package
 from modelserve.workers.protocol import (
     LENGTH,
+    STREAM_WINDOW,
+    CancelMessage,
+    CreditMessage,
     InferMessage,
     InitMessage,
     LoadFailedMessage,
@@ -42,6 +59,9 @@ from modelserve.workers.protocol import (
     ReadyMessage,
     ResultMessage,
     ShutdownMessage,
+    StreamEndMessage,
+    StreamHead,
+    StreamPieceMessage,
     decode,
     encode,
 )
@@ -76,6 +96,11 @@ class Channel:
 
     def send(self, message: Message) -> None:
         self.sock.sendmsg(encode(message))
+
+    def readable(self) -> bool:
+        """A frame (or the end of the connection) is waiting: ``receive`` would not wait for the parent."""
+        ready, _, _ = select.select([self.sock], [], [], 0)
+        return bool(ready)
 
 
 def _set_thread_count(threads: int) -> None:
@@ -146,6 +171,39 @@ def decode_guarded(request: InferRequest, codec: Codec) -> dict[str, Any] | Infe
         return error_result(400, f"request body cannot be decoded ({reason})")
 
 
+_NO_FINAL = object()
+_TEXT_TYPE = "text/plain; charset=utf-8"
+_BYTES_TYPE = "application/octet-stream"
+
+
+def is_stream(output: Any) -> bool:
+    """Whether a handler's result for one request is a stream: an iterator (a generator), not a value."""
+    return isinstance(output, Iterator) and not isinstance(output, (str, bytes, bytearray, memoryview))
+
+
+class _PieceError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One request's stream in the worker: where its pieces come from and how many it may still send."""
+
+    index: int  # position in the batch
+    codec: Codec
+    item: dict[str, Any]
+    response: ResponseInfo
+    iterator: Iterator[Any] | None = None
+    final: Any = _NO_FINAL  # a last piece to send (the result of a handler that sent intermediate parts)
+    error: tuple[int, str] | None = None  # the handler failed after the stream began: it ends with this
+    credit: int = STREAM_WINDOW
+    started: bool = False  # its first frame (with the head) went out
+    ended: bool = False
+
+
 def _failed_batch(message: InferMessage, status: int, reason: str) -> ResultMessage:
     results = [error_result(status, reason) for _ in message.requests]
     return ResultMessage(batch_id=message.batch_id, results=results)
@@ -171,6 +229,12 @@ class Worker:
         self.declared_batch_size = 0  # what the handler declared, when the init left the batch size to it
         self.singles_only = False  # the model failed on a batch its declared default formed: one request at a time
         self.target = ModelTarget(init.model_name, init.model_version)
+        # the streams of the batch at hand, by position; frames that came while streaming and wait their turn
+        self.streams: dict[int, _Stream] = {}
+        self.batch_id = 0
+        self.queued: deque[Message] = deque()
+        self._call: tuple[list[int], list[Codec], list[dict[str, Any]]] = ([], [], [])  # the handler call at hand
+        self.context.stream_sink = self._send_intermediate
 
     def load(self) -> None:
         from modelserve.archive.builtin import builtin_handlers_dir
@@ -211,6 +275,8 @@ class Worker:
         self.target = ModelTarget(self.init.model_name, self.init.model_version, tuple(names))
 
     def run_batch(self, message: InferMessage) -> ResultMessage:
+        self.batch_id = message.batch_id
+        self.streams = {}
         requests = message.requests
         results: list[InferResult | None] = [None] * len(requests)
         data: list[dict[str, Any]] = []
@@ -232,7 +298,10 @@ class Worker:
             self._run_handler(data, infos, positions, codecs, results, timings)
         final = [r if r is not None else error_result(500, "no result") for r in results]
         metrics = [sample.__dict__ for sample in self.context.metrics.drain()]
-        return ResultMessage(batch_id=message.batch_id, results=final, timings=timings, metrics=metrics)
+        streamed = sorted(i for i, s in self.streams.items() if not s.ended)
+        return ResultMessage(
+            batch_id=message.batch_id, results=final, timings=timings, metrics=metrics, streamed=streamed
+        )
 
     def _run_handler(
         self,
@@ -249,6 +318,7 @@ class Worker:
             return
         self.context.begin_batch(infos)
         self.context.timings = {}
+        self._call = (positions, codecs, data)
         started = time.perf_counter()
         try:
             outputs = self.handle(data, self.context)
@@ -277,6 +347,9 @@ class Worker:
                 traceback.print_exc()
             for index in positions:
                 results[index] = error_result(status, message)
+                stream = self.streams.get(index)
+                if stream is not None:  # it sent parts already: its stream ends with the error
+                    stream.error = (status, message)
             return
         finally:
             timings.update(self.context.timings)
@@ -284,7 +357,151 @@ class Worker:
         responses = self.context.responses
         target = self.target
         for slot, (index, output) in enumerate(zip(positions, outputs, strict=True)):
+            stream = self.streams.get(index)
+            if stream is None and is_stream(output):
+                stream = self.streams[index] = _Stream(index, codecs[slot], data[slot], responses[slot])
+            if stream is not None:
+                if is_stream(output):
+                    stream.iterator = output
+                else:
+                    stream.final = output
+                results[index] = InferResult(200, "")  # a placeholder: the stream's frames answer
+                continue
             results[index] = codecs[slot].encode(output, data[slot], responses[slot], target)
+
+    # ---- streams ----------------------------------------------------------------------------------------------
+    def _send_intermediate(self, idx: int, output: Any) -> None:
+        """``context.send_intermediate`` from the handler: one piece of request ``idx``'s answer goes out now."""
+        positions, codecs, data = self._call
+        index = positions[idx]
+        stream = self.streams.get(index)
+        if stream is None:
+            stream = self.streams[index] = _Stream(index, codecs[idx], data[idx], self.context.responses[idx])
+        if stream.ended:
+            return  # cancelled: its client left
+        while stream.credit <= 0 and not stream.ended:
+            self._on_control(self.channel.receive())
+        self._poll_control()
+        if not stream.ended:
+            self._emit(stream, output)
+
+    def _piece(self, stream: _Stream, output: Any) -> tuple[bytes, str]:
+        if isinstance(output, (bytes, bytearray, memoryview)):
+            return bytes(output), _BYTES_TYPE
+        if isinstance(output, str):
+            return output.encode(), _TEXT_TYPE
+        result = stream.codec.encode(output, stream.item, ResponseInfo(), self.target)
+        if result.content_type == ERROR_CONTENT_TYPE:
+            raise _PieceError(result.status, result.body.decode("utf-8", "replace"))
+        return result.body, result.content_type
+
+    def _head(self, stream: _Stream, content_type: str) -> StreamHead | None:
+        if stream.started:
+            return None
+        stream.started = True
+        response = stream.response
+        status = response.status if response.status < 400 else 200
+        return StreamHead(status, response.content_type or content_type, dict(response.headers))
+
+    def _emit(self, stream: _Stream, output: Any) -> None:
+        """Send one piece of ``stream`` (it has credit); a piece that cannot be encoded ends it with an error."""
+        try:
+            body, content_type = self._piece(stream, output)
+        except _PieceError as exc:
+            self._end(stream, exc.status, exc.message)
+            return
+        except Exception as exc:
+            self._end(stream, 500, f"stream piece cannot be sent: {type(exc).__name__}: {exc}")
+            return
+        message = StreamPieceMessage(self.batch_id, stream.index, body, self._head(stream, content_type))
+        try:
+            self.channel.send(message)
+        except ProtocolError as exc:
+            self._end(stream, 500, f"stream piece cannot be sent: {exc}")
+            return
+        stream.credit -= 1
+
+    def _end(self, stream: _Stream, status: int = 200, error: str = "") -> None:
+        if stream.ended:
+            return
+        stream.ended = True
+        if stream.iterator is not None:
+            close = getattr(stream.iterator, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()  # a generator's finally runs now
+        head = self._head(stream, _BYTES_TYPE)
+        self.channel.send(StreamEndMessage(self.batch_id, stream.index, status, error, head))
+
+    def _on_control(self, message: Message) -> None:
+        """A frame that came while streaming: credit or cancel for a stream, or a batch kept for later."""
+        if isinstance(message, CreditMessage):
+            stream = self.streams.get(message.index)
+            if stream is not None and message.batch_id == self.batch_id:
+                stream.credit += message.count
+        elif isinstance(message, CancelMessage):
+            stream = self.streams.get(message.index)
+            if stream is not None and message.batch_id == self.batch_id:
+                self._end(stream)  # the parent drops what the stream sent after its cancel
+        else:
+            self.queued.append(message)
+
+    def _poll_control(self) -> None:
+        while self.channel.readable():
+            self._on_control(self.channel.receive())
+
+    def run_streams(self) -> None:
+        """Run the batch's open streams round-robin until each has ended (sent after the batch's RESULT)."""
+        try:
+            open_streams = [s for _, s in sorted(self.streams.items()) if not s.ended]
+            while open_streams:
+                progressed = False
+                for stream in open_streams:
+                    self._poll_control()
+                    if stream.ended or stream.credit <= 0:
+                        continue
+                    progressed = True
+                    self._step(stream)
+                open_streams = [s for s in open_streams if not s.ended]
+                if open_streams and not progressed:
+                    self._on_control(self.channel.receive())  # every stream waits for its reader
+        finally:
+            for stream in self.streams.values():
+                if not stream.ended and stream.iterator is not None:
+                    stream.ended = True
+                    close = getattr(stream.iterator, "close", None)
+                    if callable(close):
+                        with contextlib.suppress(Exception):
+                            close()
+            self.streams = {}
+
+    def _step(self, stream: _Stream) -> None:
+        """One piece of ``stream``, or its end."""
+        if stream.error is not None:
+            self._end(stream, *stream.error)
+            return
+        if stream.iterator is not None:
+            try:
+                output = next(stream.iterator)
+            except StopIteration:
+                stream.iterator = None
+            except Exception as exc:
+                status, message = _error_of(exc)
+                if status >= 500:
+                    traceback.print_exc()
+                self._end(stream, status, message)
+                return
+            else:
+                self._emit(stream, output)
+                return
+        if stream.final is not _NO_FINAL:
+            final, stream.final = stream.final, _NO_FINAL
+            if stream.response.status >= 400:
+                self._end(stream, stream.response.status, stream.response.reason or str(final))
+            else:
+                self._emit(stream, final)
+        else:
+            self._end(stream)
 
     def _run_alone(
         self,
@@ -322,7 +539,7 @@ def _serve(channel: Channel) -> int:
     channel.send(ReadyMessage(pid=os.getpid(), signature=worker.signature, batch_size=worker.declared_batch_size))
     while True:
         try:
-            message = channel.receive()
+            message = worker.queued.popleft() if worker.queued else channel.receive()
         except EOFError:
             return 0
         if isinstance(message, ShutdownMessage):
@@ -331,7 +548,8 @@ def _serve(channel: Channel) -> int:
             try:
                 channel.send(_answer(worker, message))
             except ProtocolError as exc:  # results too big for one frame: nothing was sent yet
-                channel.send(_failed_batch(message, 500, f"results cannot be sent: {exc}"))
+                channel.send(_failed_streams(worker, _failed_batch(message, 500, f"results cannot be sent: {exc}")))
+            worker.run_streams()
 
 
 def _answer(worker: Worker, message: InferMessage) -> ResultMessage:
@@ -339,10 +557,20 @@ def _answer(worker: Worker, message: InferMessage) -> ResultMessage:
     try:
         return worker.run_batch(message)
     except MemoryError:
-        return _failed_batch(message, 507, "worker ran out of memory answering the batch")
+        return _failed_streams(worker, _failed_batch(message, 507, "worker ran out of memory answering the batch"))
     except Exception as exc:
         traceback.print_exc()
-        return _failed_batch(message, 500, f"worker failed answering the batch ({type(exc).__name__}: {exc})")
+        reason = f"worker failed answering the batch ({type(exc).__name__}: {exc})"
+        return _failed_streams(worker, _failed_batch(message, 500, reason))
+
+
+def _failed_streams(worker: Worker, failed: ResultMessage) -> ResultMessage:
+    """A failed batch whose streams began already: each ends with the batch's error after the RESULT frame."""
+    failed.streamed = sorted(i for i, s in worker.streams.items() if not s.ended)
+    for index in failed.streamed:
+        result = failed.results[index]
+        worker.streams[index].error = (result.status, result.body.decode("utf-8", "replace"))
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:

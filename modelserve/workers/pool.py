@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelserve.batching.batcher import Batcher, Job
+from modelserve.batching.types import InferResult
 from modelserve.errors import ModelLoadError, WorkerDiedError, WorkerLoadError
 from modelserve.stats import VersionStats
 from modelserve.workers.backend import WorkerBackend, WorkerSpec
@@ -193,21 +194,39 @@ class _Slot:
             live = kept
             return InferMessage(batch_id=sent.batch_id, requests=[job.request for job in kept]) if kept else None
 
-        def done(dispatch: Dispatch, reply: ResultMessage | None, error: BaseException | None) -> None:
+        def release(cause: BaseException | None = None) -> None:
+            # the worker holds nothing more of the batch (a streaming batch: its streams ended, or broke off)
+            if cause is not None:
+                self._mark_down(str(cause))
             pool.in_flight -= counted
             self.outstanding -= 1
+            if self.outstanding == 0:
+                self._quiet.set()
+            pool.idle.set()
+            pool.kick()
+
+        def done(dispatch: Dispatch, reply: ResultMessage | None, error: BaseException | None) -> None:
+            held = dispatch.held and error is None and reply is not None  # the worker streams on
             try:
                 self._deliver(worker, live, dispatch.sent, reply, error)
                 if error is None:
                     self._check_memory(worker)
             finally:
-                if self.outstanding == 0:
-                    self._quiet.set()
-                pool.idle.set()
-                pool.kick()
+                if held:
+                    dispatch.on_released = release
+                else:
+                    release()
+
+        def on_stream(dispatch: Dispatch, index: int, result: InferResult) -> bool:
+            # a streamed answer (or the plain answer of a stream that ended before its first piece)
+            job = live[index]
+            if job.future.done():
+                return False
+            job.future.set_result(result)
+            return True
 
         message = InferMessage(batch_id=next(_batch_ids), requests=[job.request for job in live])
-        worker.submit(Dispatch(message, pool.settings.response_timeout_s, prune, done))
+        worker.submit(Dispatch(message, pool.settings.response_timeout_s, prune, done, on_stream))
 
     def _check_memory(self, worker: WorkerChannel) -> None:
         """After a batch: a worker over workerMemoryLimit takes no more batches and is replaced once it is done."""
@@ -241,8 +260,9 @@ class _Slot:
             return
         if reply is None:
             return  # every client of the batch had gone
-        for job, result in zip(jobs, reply.results, strict=True):
-            if not job.future.done():
+        streamed = reply.streamed
+        for index, (job, result) in enumerate(zip(jobs, reply.results, strict=True)):
+            if not job.future.done() and index not in streamed:  # a stream answers with its first frame
                 job.future.set_result(result)
         # recorded after the waiting requests have been woken: their responses go out first (the callbacks run in
         # order, so the figures are in place before the server reads anything new, a /metrics scrape included)
@@ -427,7 +447,11 @@ class WorkerPool:
                 await asyncio.wait_for(self.idle.wait(), 0.05)
 
     async def stop(self) -> None:
+        """Stop every worker after what it holds; streams still open (the drain time is over) end with 503."""
         slots, self.slots = self.slots, []
+        for slot in slots:
+            if slot.worker is not None:
+                slot.worker.abort_streams("the server stopped the stream (shutting down or unregistering the model)")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

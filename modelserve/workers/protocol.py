@@ -11,7 +11,7 @@ import enum
 import json
 import struct
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from modelserve.batching.types import InferRequest, InferResult
 
@@ -19,6 +19,11 @@ PREFIX = struct.Struct("!IBI")  # frame length, message type, header length
 LENGTH = struct.Struct("!I")
 _HEADER_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder for every frame, not one per call
 MAX_FRAME_BYTES = (1 << 32) - 1
+# pieces of one stream a worker may send ahead of what the parent's reader has taken (it starts with this credit)
+STREAM_WINDOW = 8
+
+
+_M = TypeVar("_M", bound="Message")
 
 
 class ProtocolError(Exception):
@@ -32,6 +37,10 @@ class MessageType(enum.IntEnum):
     INFER = 4
     RESULT = 5
     SHUTDOWN = 6
+    STREAM_PIECE = 7
+    STREAM_END = 8
+    CREDIT = 9
+    CANCEL = 10
 
 
 @dataclass
@@ -119,9 +128,11 @@ class ResultMessage(Message):
     results: list[InferResult]
     timings: dict[str, float] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    # positions of the requests answered by a stream (their results here are placeholders: the stream frames answer)
+    streamed: list[int] = field(default_factory=list)
 
     def header(self) -> dict[str, Any]:
-        return {
+        header = {
             "batch_id": self.batch_id,
             "results": [
                 {"status": r.status, "content_type": r.content_type, "headers": r.headers} for r in self.results
@@ -129,6 +140,9 @@ class ResultMessage(Message):
             "timings": self.timings,
             "metrics": self.metrics,
         }
+        if self.streamed:
+            header["streamed"] = self.streamed
+        return header
 
     def blobs(self) -> list[bytes]:
         return [r.body for r in self.results]
@@ -137,6 +151,78 @@ class ResultMessage(Message):
 @dataclass
 class ShutdownMessage(Message):
     TYPE: ClassVar[MessageType] = MessageType.SHUTDOWN
+
+
+@dataclass
+class StreamHead:
+    """The status, content type and headers of a streamed response, sent with the stream's first frame."""
+
+    status: int
+    content_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StreamPieceMessage(Message):
+    """Worker -> parent: one piece of the streamed answer to request ``index`` of batch ``batch_id``.
+
+    The first frame of a stream (piece or end) carries its ``head``. A worker sends a piece only while it has credit.
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.STREAM_PIECE
+    batch_id: int
+    index: int
+    body: bytes = b""
+    head: StreamHead | None = None
+
+    def header(self) -> dict[str, Any]:
+        header: dict[str, Any] = {"batch_id": self.batch_id, "index": self.index}
+        if self.head is not None:
+            header["head"] = asdict(self.head)
+        return header
+
+    def blobs(self) -> list[bytes]:
+        return [self.body]
+
+
+@dataclass
+class StreamEndMessage(Message):
+    """Worker -> parent: request ``index``'s stream is over: cleanly (``error`` empty), with a handler error
+    (``status`` and ``error``), or because the parent cancelled it. The worker holds nothing of it any more."""
+
+    TYPE: ClassVar[MessageType] = MessageType.STREAM_END
+    batch_id: int
+    index: int
+    status: int = 200
+    error: str = ""
+    head: StreamHead | None = None
+
+    def header(self) -> dict[str, Any]:
+        header: dict[str, Any] = {"batch_id": self.batch_id, "index": self.index, "status": self.status}
+        if self.error:
+            header["error"] = self.error
+        if self.head is not None:
+            header["head"] = asdict(self.head)
+        return header
+
+
+@dataclass
+class CreditMessage(Message):
+    """Parent -> worker: request ``index``'s reader took pieces; the worker may send ``count`` more."""
+
+    TYPE: ClassVar[MessageType] = MessageType.CREDIT
+    batch_id: int
+    index: int
+    count: int
+
+
+@dataclass
+class CancelMessage(Message):
+    """Parent -> worker: request ``index``'s client left; close its generator and end the stream."""
+
+    TYPE: ClassVar[MessageType] = MessageType.CANCEL
+    batch_id: int
+    index: int
 
 
 def encode(message: Message) -> list[bytes]:
@@ -184,11 +270,49 @@ def _build(kind: MessageType, header: dict[str, Any], blobs: list[bytes]) -> Mes
             results=results,
             timings=header.get("timings", {}),
             metrics=header.get("metrics", []),
+            streamed=[_integer(i) for i in header.get("streamed", [])],
         )
+    if kind is MessageType.STREAM_PIECE:
+        (body,) = blobs
+        return _checked(StreamPieceMessage(body=body, head=_head(header.pop("head", None)), **header))
+    if kind is MessageType.STREAM_END:
+        if blobs:
+            raise ProtocolError("a stream end carries no body")
+        end = _checked(StreamEndMessage(head=_head(header.pop("head", None)), **header))
+        if not isinstance(end.status, int) or not isinstance(end.error, str):
+            raise ProtocolError("a stream end has a status and an error message")
+        return end
     classes: dict[MessageType, type[Message]] = {
         MessageType.INIT: InitMessage,
         MessageType.READY: ReadyMessage,
         MessageType.LOAD_FAILED: LoadFailedMessage,
         MessageType.SHUTDOWN: ShutdownMessage,
+        MessageType.CREDIT: CreditMessage,
+        MessageType.CANCEL: CancelMessage,
     }
-    return classes[kind](**header)
+    return _checked(classes[kind](**header))
+
+
+def _checked(message: _M) -> _M:
+    """``message`` once its stream positions and counts are integers (a frame's JSON could hold anything)."""
+    for name in ("batch_id", "index", "count"):
+        if hasattr(message, name):
+            _integer(getattr(message, name))
+    return message
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProtocolError(f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _head(raw: Any) -> StreamHead | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ProtocolError("a stream head is an object")
+    head = StreamHead(**raw)
+    if not isinstance(head.status, int) or not isinstance(head.content_type, str) or not isinstance(head.headers, dict):
+        raise ProtocolError("a stream head has a status, a content type and headers")
+    return head

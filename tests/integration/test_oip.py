@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,24 +14,17 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from openapi_spec_validator import validate
 from tritonclient.utils import InferenceServerException
 
-from modelserve.archive.packer import PackRequest, pack_archive
 from tests.support import models
+from tests.support.oip_store import pack_oip_models, write_onnx_models
 from tests.support.server import ServerProcess, call, running_server
-
-ONE = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 4\nmaxBatchDelay: 10\n"
 
 
 @pytest.fixture(scope="module")
 def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("oip-models")
-    models.identity_onnx(work / "identity.onnx")
-    models.affine_onnx(work / "affine.onnx")
-    (work / "config.yaml").write_text(ONE)
-    return work
+    return write_onnx_models(tmp_path_factory.mktemp("oip-models"))
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +32,7 @@ def server(onnx_files: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     root = tmp_path_factory.mktemp("oip")
     store = root / "model_store"
     store.mkdir()
-    for name, file in (("dtypes", "identity.onnx"), ("affine", "affine.onnx")):
-        pack_archive(PackRequest(model_name=name, handler="tensor", serialized_file=onnx_files / file,
-                                 config_file=onnx_files / "config.yaml", export_path=store))  # fmt: skip
+    pack_oip_models(onnx_files, store)
     with running_server(root, store, ["all"], extra_args=["--ncs", "--enable-model-api"]) as running:
         yield running
 
@@ -123,28 +116,45 @@ def test_model_config_for_perf_analyzer(server: ServerProcess) -> None:
     assert call("GET", server.inference + "/v2/models/affine/versions/1.0/config").json()["name"] == "affine"
 
 
-def test_kserve_client_v2_and_v1(server: ServerProcess) -> None:
-    async def scenario() -> tuple[object, object, bool]:
-        v2 = InferenceRESTClient(RESTConfig(protocol="v2", retries=0))
-        v1 = InferenceRESTClient(RESTConfig(protocol="v1", retries=0))
-        try:
-            request = InferRequest(
-                model_name="affine", infer_inputs=[InferInput("x", [1, 3], "FP32", data=[1.0, 2.0, 3.0])]
-            )
-            response = await v2.infer(server.inference, request, model_name="affine")
-            ready = await v2.is_model_ready(server.inference, "affine")
-            instances = {"instances": [[1.0, 2.0, 3.0], [0, 0, 0]]}
-            predictions = await v1.infer(server.inference, instances, model_name="affine")
-        finally:
-            await v2.close()
-            await v1.close()
-        return response, predictions, ready
+# kserve's generated protos and tritonclient.grpc's (tests/integration/test_grpc.py) both define the protobuf package
+# "inference": one process can import only one of them, so the kserve client runs in a process of its own
+KSERVE_SCENARIO = r"""
+import asyncio, json, sys
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
-    response, predictions, ready = asyncio.run(scenario())
+async def scenario(base):
+    v2 = InferenceRESTClient(RESTConfig(protocol="v2", retries=0))
+    v1 = InferenceRESTClient(RESTConfig(protocol="v1", retries=0))
+    try:
+        request = InferRequest(
+            model_name="affine", infer_inputs=[InferInput("x", [1, 3], "FP32", data=[1.0, 2.0, 3.0])]
+        )
+        response = await v2.infer(base, request, model_name="affine")
+        ready = await v2.is_model_ready(base, "affine")
+        predictions = await v1.infer(base, {"instances": [[1.0, 2.0, 3.0], [0, 0, 0]]}, model_name="affine")
+    finally:
+        await v2.close()
+        await v1.close()
+    return {"v2": response.outputs[0].as_numpy().tolist(), "ready": ready, "v1": predictions["predictions"]}
+
+print(json.dumps(asyncio.run(scenario(sys.argv[1]))))
+"""
+
+
+def test_kserve_client_v2_and_v1(server: ServerProcess) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", KSERVE_SCENARIO, server.inference],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
     expected = models.Affine()(__import__("torch").tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])).detach().numpy()
-    assert ready
-    assert np.allclose(response.outputs[0].as_numpy(), expected[:1], atol=1e-5)  # type: ignore[attr-defined]
-    assert np.allclose(predictions["predictions"], expected, atol=1e-5)  # type: ignore[index]
+    assert got["ready"] is True
+    assert np.allclose(got["v2"], expected[:1], atol=1e-5)
+    assert np.allclose(got["v1"], expected, atol=1e-5)
 
 
 def test_v2_server_metadata_and_errors(server: ServerProcess) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from modelserve.batching.types import InferResult
 from modelserve.errors import WorkerDiedError, WorkerLoadError
 from modelserve.workers.backend import WorkerEvents, WorkerSpec, WorkerUsage
-from modelserve.workers.protocol import InferMessage, InitMessage, ResultMessage
+from modelserve.workers.protocol import CancelMessage, CreditMessage, InferMessage, InitMessage, ResultMessage
 
 
 class FakeHandle:
@@ -27,6 +27,7 @@ class FakeHandle:
         self.signature: dict[str, Any] = {"inputs": [], "outputs": []}
         self.batch_size = 0
         self.sent: list[InferMessage] = []
+        self.controls: list[CreditMessage | CancelMessage] = []  # stream credit and cancel frames, in order
         self.answered = 0  # batches of ``sent`` replied to so far
         self.init: InitMessage | None = None
         self.memory_bytes = memory_bytes
@@ -52,6 +53,11 @@ class FakeHandle:
         if not self.alive:
             raise WorkerDiedError("worker connection closed")
         self.sent.append(message)
+
+    def send_control(self, message: CreditMessage | CancelMessage) -> None:
+        if not self.alive:
+            raise WorkerDiedError("worker connection closed")
+        self.controls.append(message)
 
     def reply(self, index: int = 0, status: int = 200, body: bytes = b"ok") -> None:
         """Answer the ``index``-th batch sent, one result per request."""

@@ -27,6 +27,8 @@ PORT0_CONFIG = """\
 inference_address=http://127.0.0.1:0
 management_address=http://127.0.0.1:0
 metrics_address=http://127.0.0.1:0
+grpc_inference_port=0
+grpc_management_port=0
 """
 
 
@@ -127,6 +129,9 @@ class ServerProcess:
         self.lines: list[str] = []
         self.process: subprocess.Popen[str] | None = None
         self.inference = self.management = self.metrics = ""
+        # host:port of the gRPC servers ("" while unknown or when gRPC is off)
+        self.grpc_inference = self.grpc_management = ""
+        self._grpc_reported = False
         self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
@@ -142,8 +147,8 @@ class ServerProcess:
                                         text=True, env=env)  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        wait_for(lambda: bool(self.metrics) or self.process is None or self.process.poll() is not None, timeout,
-                 "server did not report its addresses")  # fmt: skip
+        wait_for(lambda: (bool(self.metrics) and self._grpc_reported) or self.process is None
+                 or self.process.poll() is not None, timeout, "server did not report its addresses")  # fmt: skip
         if not self.metrics:
             raise AssertionError("server exited early:\n" + "\n".join(self.lines[-30:]))
         return self
@@ -156,6 +161,11 @@ class ServerProcess:
                 match = re.search(rf"{label} API bound to (http://[0-9a-zA-Z.\[\]:]+)", line)
                 if match:
                     setattr(self, attr, match.group(1))
+            grpc = re.search(r"gRPC (Inference|Management) API bound to ([0-9a-zA-Z.\[\]:]+)", line)
+            if grpc:
+                setattr(self, f"grpc_{grpc.group(1).lower()}", grpc.group(2))
+            if "gRPC API disabled" in line or (self.grpc_inference and self.grpc_management):
+                self._grpc_reported = True
 
     @property
     def token(self) -> str:

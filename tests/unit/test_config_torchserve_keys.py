@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import pytest
@@ -150,31 +149,48 @@ def test_metrics_mode_log_is_accepted_with_one_warning(tmp_path: Path, caplog: p
         load(tmp_path, "metrics_mode=statsd\n")
 
 
-def test_grpc_keys_are_accepted_with_one_warning_each(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_grpc_keys_are_read_as_torchserve_names_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     grpc = {
-        "grpc_inference_port": "7070",
-        "grpc_management_port": "7071",
-        "grpc_inference_address": "127.0.0.1",
-        "grpc_management_address": "127.0.0.1",
+        "grpc_inference_port": "7075",
+        "grpc_management_port": "7076",
+        "grpc_inference_address": "::1",
+        "grpc_management_address": "localhost",
         "grpc_inference_max_connection_age_ms": "60000",
         "grpc_management_max_connection_age_ms": "60000",
         "grpc_inference_max_connection_age_grace_ms": "5000",
         "grpc_management_max_connection_age_grace_ms": "5000",
-        "enable_grpc_ssl": "true",
+        "enable_grpc_ssl": "false",
         "enable_grpc": "true",
     }
     with caplog.at_level(logging.WARNING, "modelserve.config"):
-        load(tmp_path, "".join(f"{key}={value}\n" for key, value in grpc.items()))
-    messages = [r.getMessage() for r in caplog.records]
-    for key in grpc:
-        mine = [m for m in messages if re.search(f": {key}( is set|=true)", m)]
-        assert len(mine) == 1, (key, messages)
-        assert "no gRPC server" in mine[0] and "unknown" not in mine[0]
-    assert len(messages) == len(grpc)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, "modelserve.config"):
-        load(tmp_path, "enable_grpc=false\nenable_grpc_ssl=false\n")
-    assert caplog.text == "", "turning gRPC off asks for nothing modelserve lacks"
+        config = load(tmp_path, "".join(f"{key}={value}\n" for key, value in grpc.items()))
+    assert caplog.text == ""
+    assert (config.grpc_inference_port, config.grpc_management_port) == (7075, 7076)
+    assert (config.grpc_inference_address, config.grpc_management_address) == ("::1", "localhost")
+    assert config.grpc_inference_max_connection_age_ms == 60000 and config.grpc_enabled()
+    assert not load(tmp_path, "enable_grpc=false\n").grpc_enabled()
+    defaults = load(tmp_path, "")
+    assert (defaults.grpc_inference_address, defaults.grpc_inference_port) == ("127.0.0.1", 7070)
+    assert (defaults.grpc_management_address, defaults.grpc_management_port) == ("127.0.0.1", 7071)
+    assert defaults.enable_grpc is None and defaults.grpc_enabled()  # grpcio is installed here
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("enable_grpc_ssl=true\n", "plaintext only"),
+        ("grpc_inference_port=70000\n", "grpc_inference_port"),
+        ("grpc_inference_address=http://127.0.0.1:7070\n", "host name or IP address"),
+        ("disable_token_authorization=true\ngrpc_management_address=0.0.0.0\n", "gRPC management API"),
+    ],
+)
+def test_grpc_settings_that_cannot_be_served_stop_the_start(tmp_path: Path, text: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        load(tmp_path, text)
+
+
+def test_grpc_ssl_asks_for_nothing_when_grpc_is_off(tmp_path: Path) -> None:
+    assert not load(tmp_path, "enable_grpc=false\nenable_grpc_ssl=true\n").grpc_enabled()
 
 
 def test_load_models_reads_like_the_models_flag(tmp_path: Path) -> None:
@@ -202,3 +218,12 @@ def test_repository_config_properties_is_valid_and_loopback_only(caplog: pytest.
         host, _ = parse_address(address)
         assert is_loopback(host), address
     assert not config.disable_token_authorization and not config.enable_model_api
+
+
+def test_grpc_is_off_without_grpcio_unless_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import modelserve.config as config_module
+
+    monkeypatch.setattr(config_module, "grpc_available", lambda: False)
+    assert not load(tmp_path, "").grpc_enabled()
+    with pytest.raises(ConfigError, match="grpcio is not installed"):
+        load(tmp_path, "enable_grpc=true\n")

@@ -146,3 +146,24 @@ def test_the_server_parent_loads_no_numpy_torch_onnxruntime_or_multipart_parser(
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+GRPC_FRONT = {"modelserve.server.grpc_common", "modelserve.server.grpc_server", "modelserve.server.grpc_oip",
+              "modelserve.server.grpc_torchserve"}  # fmt: skip
+
+
+def test_only_the_grpc_front_imports_grpc_and_its_protos() -> None:
+    """grpc and protobuf load only with the gRPC front, which lifecycle imports inside a function (when gRPC is on)."""
+    wrong = []
+    for name, targets in graph().items():
+        if name in GRPC_FRONT or name.startswith("modelserve.server.protos"):
+            continue
+        for target in targets:
+            grpc_itself = target.split(".")[0] in ("grpc", "google") or target.startswith("modelserve.server.protos")
+            front = target in GRPC_FRONT and name != "modelserve.server.lifecycle"
+            if grpc_itself or front:
+                wrong.append(f"{name} imports {target}")
+    assert wrong == []
+    lifecycle = ast.parse((PACKAGE / "server" / "lifecycle.py").read_text())
+    top_level = {alias.module for alias in lifecycle.body if isinstance(alias, ast.ImportFrom)}
+    assert not top_level & GRPC_FRONT, "lifecycle imports the gRPC front at module level"

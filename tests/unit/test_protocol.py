@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from modelserve.batching.types import InferRequest, InferResult
 from modelserve.workers.protocol import (
     LENGTH,
+    CancelMessage,
+    CreditMessage,
     InferMessage,
     InitMessage,
+    MessageType,
     ProtocolError,
     ResultMessage,
+    StreamEndMessage,
+    StreamHead,
+    StreamPieceMessage,
     decode,
     encode,
 )
@@ -62,3 +70,52 @@ def test_broken_frames_raise_protocol_error() -> None:
     frame = b"".join(encode(InferMessage(batch_id=1, requests=[InferRequest("a", "", {}, b"abc")])))
     with pytest.raises(ProtocolError, match="length"):
         decode(frame[4], frame[5:-1])
+
+
+def test_stream_frames_round_trip() -> None:
+    head = StreamHead(201, "text/plain", {"x-a": "1"})
+    first = StreamPieceMessage(batch_id=4, index=1, body=bytes(range(256)), head=head)
+    assert roundtrip(first) == first
+    later = StreamPieceMessage(batch_id=4, index=1, body=b"")
+    assert roundtrip(later) == later
+    end = StreamEndMessage(batch_id=4, index=1)
+    assert roundtrip(end) == end
+    failed = StreamEndMessage(batch_id=4, index=0, status=500, error="ValueError: boom", head=head)
+    assert roundtrip(failed) == failed
+    assert roundtrip(CreditMessage(batch_id=4, index=2, count=8)) == CreditMessage(4, 2, 8)
+    assert roundtrip(CancelMessage(batch_id=4, index=0)) == CancelMessage(4, 0)
+    streamed = ResultMessage(batch_id=4, results=[InferResult(200, ""), InferResult(200, "x", {}, b"y")], streamed=[0])
+    assert roundtrip(streamed) == streamed
+
+
+def test_a_piece_body_is_its_own_buffer() -> None:
+    body = b"\x01" * 50_000
+    parts = encode(StreamPieceMessage(batch_id=1, index=0, body=body))
+    assert parts[-1] is body
+
+
+def frame_of(kind: MessageType, header: dict[str, object], *blobs: bytes) -> tuple[int, bytes]:
+    header = {**header, "blob_sizes": [len(b) for b in blobs]}
+    raw = json.dumps(header).encode()
+    return kind, LENGTH.pack(len(raw)) + raw + b"".join(blobs)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        frame_of(MessageType.STREAM_PIECE, {"batch_id": 1, "index": 0}),  # no body blob
+        frame_of(MessageType.STREAM_PIECE, {"batch_id": 1, "index": -1}, b"x"),
+        frame_of(MessageType.STREAM_PIECE, {"batch_id": 1, "index": 0, "head": [1]}, b"x"),
+        frame_of(MessageType.STREAM_PIECE, {"batch_id": 1, "index": 0, "head": {"status": "ok"}}, b"x"),
+        frame_of(MessageType.STREAM_PIECE, {"batch_id": "1", "index": 0}, b"x"),
+        frame_of(MessageType.STREAM_END, {"batch_id": 1, "index": 0}, b"body"),
+        frame_of(MessageType.STREAM_END, {"batch_id": 1}),
+        frame_of(MessageType.CREDIT, {"batch_id": 1, "index": 0}),
+        frame_of(MessageType.CREDIT, {"batch_id": 1, "index": 0, "count": True}),
+        frame_of(MessageType.CANCEL, {"batch_id": 1, "index": 0, "extra": 1}),
+        frame_of(MessageType.RESULT, {"batch_id": 1, "results": [], "streamed": ["a"]}),
+    ],
+)
+def test_broken_stream_frames_raise_protocol_error(frame: tuple[int, bytes]) -> None:
+    with pytest.raises(ProtocolError):
+        decode(*frame)

@@ -29,8 +29,8 @@ def send_intermediate_predict_response(
 ) -> None:
     """Send part of each request's answer before the final one.
 
-    modelserve sends the parts and the final result as one body, in order: what a client reading TorchServe's
-    chunked reply to its end receives. ``message`` and ``code`` are accepted for compatibility.
+    Each part goes out at once as a piece of the request's streamed answer (chunked HTTP, or server-sent events);
+    the handler's final result is the stream's last piece. ``message`` and ``code`` are accepted for compatibility.
     """
     del message, code
     for idx in req_id_map:
