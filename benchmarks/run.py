@@ -79,10 +79,10 @@ def model_settings(model: str) -> tuple[int, int, float]:
     return int(values["minWorkers"]), int(values["batchSize"]), float(values["maxBatchDelay"])
 
 
-def write_results(kind: str, data: dict[str, Any]) -> Path:
-    """``data`` with the date first, as ``results/<kind>-<time>.json``; logs and returns the path."""
+def write_results(kind: str, data: dict[str, Any], output: Path | None = None) -> Path:
+    """``data`` with the date first, as ``results/<kind>-<time>.json`` (or ``output``); logs and returns the path."""
     RESULTS.mkdir(exist_ok=True)
-    output = RESULTS / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output = output or RESULTS / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     output.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **data}, indent=2))
     log(f"results in {output}")
     return output
@@ -184,7 +184,8 @@ def ensure_assets() -> Path:
     return assets
 
 
-def ensure_venv(name: str, packages: list[str]) -> Path:
+def ensure_venv(name: str, packages: list[str], torch: str | None = "torch==2.13.0") -> Path:
+    """A virtual environment under work/venvs with ``packages`` (and ``torch`` first, unless None), made once."""
     venv = WORK / "venvs" / name
     marker = venv / ".installed"
     if marker.is_file() and marker.read_text() == " ".join(packages):
@@ -192,7 +193,8 @@ def ensure_venv(name: str, packages: list[str]) -> Path:
     log(f"installing {name} into its own virtual environment: {' '.join(packages)}")
     subprocess.run([str(PYTHON), "-m", "venv", "--clear", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, "torch==2.13.0"], check=True)
+    if torch is not None:
+        subprocess.run([*pip, torch], check=True)
     subprocess.run([*pip, *packages], check=True)
     marker.write_text(" ".join(packages))
     return venv
@@ -272,6 +274,9 @@ class Server:
     start_command: Callable[[], list[tuple[list[str], dict[str, str]]]]
     url_for: Callable[[str], str]
     json_bodies: bool = False  # LitServe: every body is JSON (images as base64)
+    # whether a model answers (default: a POST of its input to url_for gets 200)
+    probe: Callable[[str], bool] | None = None
+    ports: dict[str, int] = field(default_factory=dict)  # the ports it was given, by role
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ready_s: float = 0.0
 
@@ -298,8 +303,7 @@ class Server:
         pending = set(models)
         while pending and time.monotonic() < deadline:
             for model in list(pending):
-                status, _ = self.post(assets, model, timeout=5)
-                if status == 200:
+                if self.probe(model) if self.probe is not None else self.post(assets, model, timeout=5)[0] == 200:
                     pending.discard(model)
             if any(p.poll() is not None for p in self.processes):
                 raise RuntimeError(f"{self.name} exited during start; see {WORK / 'logs'}")
@@ -335,16 +339,29 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def modelserve_server(
-    store: Path, models: list[str], tag: str = "modelserve", source: Path | None = None, prefix: Sequence[str] = ()
+    store: Path,
+    models: list[str],
+    tag: str = "modelserve",
+    source: Path | None = None,
+    prefix: Sequence[str] = (),
+    grpc: bool = False,
 ) -> Server:
     """modelserve from this checkout, or (``source``) from another checkout of it: the same venv, that code first.
 
-    ``prefix`` goes before the command (a counter such as valgrind that runs the parent process).
+    ``prefix`` goes before the command (a counter such as valgrind that runs the parent process). ``grpc``: gRPC on
+    free loopback ports (``ports["grpc_inference"]``, ``ports["grpc_management"]``), else off (its default ports
+    would clash between servers run side by side, and with TorchServe's).
     """
     ports = {key: free_port() for key in ("inference", "management", "metrics")}
+    lines = [f"{k}_address=http://127.0.0.1:{p}\n" for k, p in ports.items()]
+    if grpc:
+        for key in ("grpc_inference", "grpc_management"):
+            ports[key] = free_port()
+            lines.append(f"{key}_address=127.0.0.1\n{key}_port={ports[key]}\n")
+    else:
+        lines.append("enable_grpc=false\n")
     config = WORK / f"{tag}.properties"
-    # no gRPC: its default ports would clash between servers run side by side (and with TorchServe's)
-    config.write_text("".join(f"{k}_address=http://127.0.0.1:{p}\n" for k, p in ports.items()) + "enable_grpc=false\n")
+    config.write_text("".join(lines))
 
     def command() -> list[tuple[list[str], dict[str, str]]]:
         # this checkout's code first, whatever the venv has installed (a run from a worktree measures that tree)
@@ -354,7 +371,7 @@ def modelserve_server(
                   "--pid-file", str(WORK / f"{tag}.pid"),
                   "--models", *[f"{m}={m}.mar" for m in models]], env)]  # fmt: skip
 
-    return Server(tag, command, lambda m: f"http://127.0.0.1:{ports['inference']}/predictions/{m}")
+    return Server(tag, command, lambda m: f"http://127.0.0.1:{ports['inference']}/predictions/{m}", ports=ports)
 
 
 def _checkout_path(commit: str) -> tuple[str, Path]:

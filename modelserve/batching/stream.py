@@ -4,11 +4,14 @@ Transport-neutral: the producer (the worker channel) ``put``s pieces and ``end``
 relay, or any other front end) iterates it. Every ``credit_every`` pieces the reader takes, ``grant`` is called with
 that count, so the producer may send that many more: with a window of W pieces granted at the start, at most W
 pieces are ever between the producer and the reader. ``cancel`` tells the producer to stop (``on_cancel``, once).
+``abandon`` is for a reader that stopped reading altogether (its client neither reads nor leaves): the stream is
+cancelled and the task reading it is cancelled too, wherever it waits (typically in a write to that client).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
@@ -39,6 +42,8 @@ class PieceStream:
         self.received = 0  # pieces put
         self.taken = 0  # pieces the reader took
         self._ungranted = 0  # taken since the last grant
+        self.read_at = time.monotonic()  # when the reader last took a piece (or the stream opened)
+        self._reader: asyncio.Task[object] | None = None  # the task that reads the stream
 
     # ---- producer side ------------------------------------------------------------------------------------------
     def put(self, piece: InferResult) -> None:
@@ -72,6 +77,8 @@ class PieceStream:
         return self
 
     async def __anext__(self) -> InferResult:
+        if self._reader is None:
+            self._reader = asyncio.current_task()
         while not self._pieces:
             if self.ended or self.cancelled:
                 raise StopAsyncIteration
@@ -86,6 +93,7 @@ class PieceStream:
             self.ended = True
             return piece
         self.taken += 1
+        self.read_at = time.monotonic()
         self._ungranted += 1
         if self._ungranted >= self.credit_every and not self.ended:
             count, self._ungranted = self._ungranted, 0
@@ -103,3 +111,10 @@ class PieceStream:
         self._pieces.clear()
         self._wake()
         self._on_cancel()
+
+    def abandon(self) -> None:
+        """The reader took nothing for too long: stop the stream at the producer and cancel the reading task."""
+        self.cancel()
+        reader = self._reader
+        if reader is not None and not reader.done() and reader is not asyncio.current_task():
+            reader.cancel()

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from modelserve.batching.types import ERROR_CONTENT_TYPE, InferResult, Protocol
+from modelserve.batching.types import ERROR_CONTENT_TYPE, InferResult, Protocol, ResultStream
 from modelserve.errors import ModelLoadError, ServiceUnavailableError
 from modelserve.logs import PlainLines
 from modelserve.protocols.codec import error_result
@@ -27,6 +28,32 @@ access_log = logging.getLogger("modelserve.access")
 ACCESS_FORMAT = "%s %s %s %s %d %.2fms"
 # the request header TorchServe's frontend sets to tell a handler to explain instead of predict
 EXPLAIN_HEADER = "explain"
+
+
+class BoundedStream:
+    """A streamed answer whose every piece is held to ``max_response_size``: the stream as a whole may be as long as
+    it likes, one piece may not. An oversized piece ends the stream with a 500 error piece and stops it in the worker.
+    """
+
+    def __init__(self, stream: ResultStream, limit: int) -> None:
+        self.stream = stream
+        self.limit = limit
+
+    def __aiter__(self) -> AsyncIterator[InferResult]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[InferResult]:
+        async for piece in self.stream:
+            if len(piece.body) > self.limit and piece.content_type != ERROR_CONTENT_TYPE:
+                self.stream.cancel()
+                yield error_result(
+                    500, f"streamed piece of {len(piece.body)} bytes exceeds max_response_size ({self.limit})"
+                )
+                return
+            yield piece
+
+    def cancel(self) -> None:
+        self.stream.cancel()
 
 
 class _DeferredAccessLog:
@@ -107,7 +134,9 @@ class DataPlane:
             result = await job.future
         except ModelLoadError as exc:
             raise ServiceUnavailableError(str(exc), retry_after_s=30) from None
-        if len(result.body) > self.max_response_size and result.content_type != ERROR_CONTENT_TYPE:
+        if result.stream is not None:
+            result.stream = BoundedStream(result.stream, self.max_response_size)
+        elif len(result.body) > self.max_response_size and result.content_type != ERROR_CONTENT_TYPE:
             return error_result(
                 500,
                 f"handler response of {len(result.body)} bytes exceeds max_response_size ({self.max_response_size})",

@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import enum
 import functools
+import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +44,8 @@ from modelserve.workers.protocol import (
     StreamHead,
     StreamPieceMessage,
 )
+
+log = logging.getLogger("modelserve.worker")
 
 # schedules ``callback`` after ``delay`` seconds and returns something with ``cancel()`` (the loop's call_later)
 Scheduler = Callable[[float, Callable[[], None]], asyncio.TimerHandle | Any]
@@ -170,7 +174,9 @@ class WorkerChannel:
         """The handler is past responseTimeout: its batch fails with 504 and the worker is killed.
 
         While the batch streams, the limit is on the silence between the worker's frames; a worker whose every open
-        stream waits for its reader to take pieces is not at fault, and its timer starts again.
+        stream waits for its reader to take pieces is not at fault, and its timer starts again. A reader that took
+        nothing for the whole limit has stalled (its client neither reads nor leaves): its stream is abandoned, which
+        cancels it in the worker, so the worker is free again once it has ended the stream.
         """
         dispatch.timer = None
         streams = dispatch.streams or {}
@@ -178,7 +184,15 @@ class WorkerChannel:
             dispatch.replied
             and dispatch.streaming
             and all(index in streams and streams[index].blocked for index in dispatch.streaming)
+            and not all(streams[index].cancelled for index in dispatch.streaming)
         ):
+            now = time.monotonic()
+            for index in dispatch.streaming:
+                stream = streams[index]
+                if not stream.cancelled and now - stream.read_at >= dispatch.timeout_s:
+                    log.warning("a reader took no streamed piece for responseTimeout (%g s): stream cancelled",
+                                dispatch.timeout_s)  # fmt: skip
+                    stream.abandon()
             self._arm_timer(dispatch)
             return
         message = f"handler did not answer within responseTimeout ({dispatch.timeout_s:g} s)"
@@ -213,7 +227,7 @@ class WorkerChannel:
         if isinstance(message, StreamPieceMessage):
             if stream is None:
                 stream = self._open(dispatch, index, message)
-            stream.put(InferResult(200, "", body=message.body))
+            stream.put(InferResult(200, "", message.headers, message.body))
             return
         # the end of the stream: the worker holds nothing more of it
         dispatch.streaming.discard(index)

@@ -385,15 +385,15 @@ class Worker:
         if not stream.ended:
             self._emit(stream, output)
 
-    def _piece(self, stream: _Stream, output: Any) -> tuple[bytes, str]:
+    def _piece(self, stream: _Stream, output: Any) -> tuple[bytes, str, dict[str, str]]:
         if isinstance(output, (bytes, bytearray, memoryview)):
-            return bytes(output), _BYTES_TYPE
+            return bytes(output), _BYTES_TYPE, {}
         if isinstance(output, str):
-            return output.encode(), _TEXT_TYPE
+            return output.encode(), _TEXT_TYPE, {}
         result = stream.codec.encode(output, stream.item, ResponseInfo(), self.target)
         if result.content_type == ERROR_CONTENT_TYPE:
             raise _PieceError(result.status, result.body.decode("utf-8", "replace"))
-        return result.body, result.content_type
+        return result.body, result.content_type, result.headers
 
     def _head(self, stream: _Stream, content_type: str) -> StreamHead | None:
         if stream.started:
@@ -406,14 +406,14 @@ class Worker:
     def _emit(self, stream: _Stream, output: Any) -> None:
         """Send one piece of ``stream`` (it has credit); a piece that cannot be encoded ends it with an error."""
         try:
-            body, content_type = self._piece(stream, output)
+            body, content_type, headers = self._piece(stream, output)
         except _PieceError as exc:
             self._end(stream, exc.status, exc.message)
             return
         except Exception as exc:
             self._end(stream, 500, f"stream piece cannot be sent: {type(exc).__name__}: {exc}")
             return
-        message = StreamPieceMessage(self.batch_id, stream.index, body, self._head(stream, content_type))
+        message = StreamPieceMessage(self.batch_id, stream.index, body, self._head(stream, content_type), headers)
         try:
             self.channel.send(message)
         except ProtocolError as exc:

@@ -167,6 +167,8 @@ class StreamPieceMessage(Message):
     """Worker -> parent: one piece of the streamed answer to request ``index`` of batch ``batch_id``.
 
     The first frame of a stream (piece or end) carries its ``head``. A worker sends a piece only while it has credit.
+    ``headers`` are the piece's own, from its codec (an Open Inference Protocol piece with binary tensors says where
+    its JSON ends), not the response's.
     """
 
     TYPE: ClassVar[MessageType] = MessageType.STREAM_PIECE
@@ -174,11 +176,14 @@ class StreamPieceMessage(Message):
     index: int
     body: bytes = b""
     head: StreamHead | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
     def header(self) -> dict[str, Any]:
         header: dict[str, Any] = {"batch_id": self.batch_id, "index": self.index}
         if self.head is not None:
             header["head"] = asdict(self.head)
+        if self.headers:
+            header["headers"] = self.headers
         return header
 
     def blobs(self) -> list[bytes]:
@@ -274,7 +279,12 @@ def _build(kind: MessageType, header: dict[str, Any], blobs: list[bytes]) -> Mes
         )
     if kind is MessageType.STREAM_PIECE:
         (body,) = blobs
-        return _checked(StreamPieceMessage(body=body, head=_head(header.pop("head", None)), **header))
+        piece = _checked(StreamPieceMessage(body=body, head=_head(header.pop("head", None)), **header))
+        if not isinstance(piece.headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in piece.headers.items()
+        ):
+            raise ProtocolError("a stream piece's headers map strings to strings")
+        return piece
     if kind is MessageType.STREAM_END:
         if blobs:
             raise ProtocolError("a stream end carries no body")

@@ -26,22 +26,54 @@ def test_batches_fill_up_to_batch_size_under_concurrent_load(tmp_path: Path, sto
         assert len({r.json()["request_id"] for r in results}) == 16
 
 
-def test_partial_batch_waits_at_most_max_batch_delay_while_busy(tmp_path: Path, store: Path) -> None:
-    make_archive(store, "patient", "batch_handler.py",
-                 config_yaml="minWorkers: 2\nbatchSize: 8\nmaxBatchDelay: 600\nhandler:\n  pause_s: 1.5\n")  # fmt: skip
+def test_partial_batch_waits_at_most_max_batch_delay_while_its_worker_is_busy(tmp_path: Path, store: Path) -> None:
+    record, release = tmp_path / "batches.txt", tmp_path / "release"
+    release.mkdir()
+    make_archive(store, "patient", "gate_handler.py",
+                 config_yaml=f"minWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 1500\nhandler:\n  record_to: {record}\n"
+                 f"  release_dir: {release}\n")  # fmt: skip
+
+    def pending() -> int:
+        return int(server.manage("GET", "/models/patient").json()[0]["jobQueueStatus"]["pendingRequests"])
+
     with running_server(tmp_path, store, ["patient.mar"], extra_args=["--ncs"]) as server:
-        with ThreadPoolExecutor(2) as pool:
-            first = pool.submit(server.predict, "patient", b"a")
-            # the first batch is being computed: the second worker waits for company
-            wait_for(lambda: "BUSY" in server.manage("GET", "/models/patient").text, 10, "the first batch is computing")
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(server.predict, "patient", b"hold:go")
+            wait_for(lambda: record.exists() and len(record.read_text().splitlines()) == 1, 10, "the first is held")
             started = time.monotonic()
-            second = pool.submit(server.predict, "patient", b"b")
-            response = second.result()
-            elapsed = time.monotonic() - started
-            assert first.result().json()["batch_size"] == 1
-        assert response.json()["batch_size"] == 1
-        assert elapsed >= 1.5 + 0.6 - 0.1, "a partial batch waits for company up to max_batch_delay while busy"
-        assert elapsed < 1.5 + 0.6 + 2.0, "and then goes without it"
+            company = [pool.submit(server.predict, "patient", b"b"), pool.submit(server.predict, "patient", b"c")]
+            # the worker is busy: the partial batch waits for company, then goes (armed behind the first) once its
+            # delay has run out, although the worker is still busy
+            wait_for(lambda: pending() == 2, 10, "both wait in the queue")
+            wait_for(lambda: pending() == 0, 10, "the partial batch went when its delay ran out")
+            waited = time.monotonic() - started
+            late = pool.submit(server.predict, "patient", b"d")
+            wait_for(lambda: pending() == 1, 10, "a later request waits: the worker holds two batches")
+            (release / "go").touch()
+            answers = [first.result().json()] + [c.result().json() for c in company] + [late.result().json()]
+        assert [a["batch_size"] for a in answers] == [1, 2, 2, 1]
+        assert [len(line.split()) for line in record.read_text().splitlines()] == [1, 2, 1]
+        assert waited >= 1.5 - 0.1, "the partial batch waited its delay for company"
+
+
+def test_an_idle_worker_takes_a_partial_batch_while_another_computes(tmp_path: Path, store: Path) -> None:
+    record, release = tmp_path / "batches.txt", tmp_path / "release"
+    release.mkdir()
+    make_archive(store, "pair", "gate_handler.py",
+                 config_yaml=f"minWorkers: 2\nbatchSize: 8\nmaxBatchDelay: 60000\nhandler:\n  record_to: {record}\n"
+                 f"  release_dir: {release}\n")  # fmt: skip
+    with running_server(tmp_path, store, ["pair.mar"], extra_args=["--ncs"]) as server:
+        wait_for(lambda: len(server.manage("GET", "/models/pair").json()[0]["workers"]) == 2, 30, "two workers")
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(server.predict, "pair", b"hold:go")
+            wait_for(lambda: record.exists() and len(record.read_text().splitlines()) == 1, 10, "the first is held")
+            second = pool.submit(server.predict, "pair", b"hold:go")
+            # a 60 s batch delay: only a worker that does not wait for company has the second request this soon
+            wait_for(lambda: len(record.read_text().splitlines()) == 2, 10, "the second batch reached the idle worker")
+            (release / "go").touch()
+            answers = [first.result().json(), second.result().json()]
+        assert [a["batch_size"] for a in answers] == [1, 1]
+        assert answers[0]["pid"] != answers[1]["pid"], "the two batches ran in different workers"
 
 
 def test_lone_request_on_an_idle_version_goes_at_once(tmp_path: Path, store: Path) -> None:

@@ -62,7 +62,10 @@ def server(onnx_files: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     make_archive(store, "multi", "batch_handler.py", version="2.0", config_yaml="minWorkers: 1\n")
     make_archive(store, "page0", "echo_handler.py", config_yaml="minWorkers: 0\n")
     make_archive(store, "gen", "streaming_handler.py", config_yaml="minWorkers: 1\nmaxWorkers: 1\n")
-    models_at_start = ["dtypes=dtypes.mar", "affine=affine.mar", "echo=echo.mar", "sleepy=sleepy.mar", "gen=gen.mar"]
+    make_archive(store, "ostream", "oip_stream_handler.py",
+                 config_yaml=f"minWorkers: 1\nhandler:\n  wait_for: {root / 'go'}\n")  # fmt: skip
+    models_at_start = ["dtypes=dtypes.mar", "affine=affine.mar", "echo=echo.mar", "sleepy=sleepy.mar", "gen=gen.mar",
+                       "ostream=ostream.mar"]  # fmt: skip
     with running_server(root, store, models_at_start, extra_args=["--ncs", "--enable-model-api"]) as running:
         assert running.grpc_inference and running.grpc_management, running.log_text()
         yield running
@@ -185,7 +188,7 @@ def test_tritonclient_grpc_aio(server: ServerProcess) -> None:
 
             streamed = {}
             async for result, error in client.stream_infer(requests()):
-                assert error is None, error
+                assert error is None, (error.message(), error.status()) if error is not None else None
                 streamed[result.get_response().id] = result.as_numpy("y")
             return ready, np.stack([r.as_numpy("y") for r in results]), streamed
         finally:
@@ -232,6 +235,40 @@ def test_tritonclient_grpc_streaming(server: ServerProcess) -> None:
     finally:
         client.stop_stream()
         client.close()
+
+
+def test_model_stream_infer_relays_a_streamed_answer_piece_by_piece(server: ServerProcess) -> None:
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(url=server.grpc_inference)
+    count = grpcclient.InferInput("n", [1], "INT32")
+    count.set_data_from_numpy(np.array([4], dtype=np.int32))
+    gate = server.store.parent / "go"
+
+    def next_answer() -> Any:
+        result, error = answers.get(timeout=30)
+        assert error is None, (error.message(), error.status()) if error is not None else None
+        return result
+
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        client.async_stream_infer("ostream", [count], request_id="pieces", enable_empty_final_response=True)
+        first = next_answer()  # it arrives while the handler waits for the gate: a piece, not the whole answer
+        assert first.get_response().id == "pieces" and first.as_numpy("y").tolist() == [0]
+        assert first.get_response().parameters["triton_final_response"].bool_param is False
+        assert answers.empty()
+        gate.write_text("go")
+        rest = [next_answer() for _ in range(4)]
+        assert [r.as_numpy("y").tolist() for r in rest[:3]] == [[1], [2], [3]]
+        final = rest[3].get_response()
+        assert not final.outputs and final.id == "pieces"
+        assert final.parameters["triton_final_response"].bool_param is True
+    finally:
+        client.stop_stream()
+        client.close()
+    # over the unary call a streamed answer is refused with a clear message
+    unary_client = grpcclient.InferenceServerClient(url=server.grpc_inference)
+    with unary_client, pytest.raises(InferenceServerException, match="use ModelStreamInfer"):
+        unary_client.infer("ostream", [count])
 
 
 def test_repository_extension_with_the_token(server: ServerProcess) -> None:

@@ -30,11 +30,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     release = work / "release"
     release.mkdir()
     make_archive(store, "gen", "streaming_handler.py", config_yaml=ONE_WORKER)
+    make_archive(store, "stall", "streaming_handler.py", config_yaml=ONE_WORKER + "responseTimeout: 2\n")
     batched = f"{ONE_WORKER}batchSize: 3\nmaxBatchDelay: 5000\nhandler:\n  release_dir: {release}\n"
     make_archive(store, "batched", "streaming_handler.py", config_yaml=batched)
     make_archive(store, "tswait", "ts_style/waiting_stream_handler.py", config_yaml=ONE_WORKER)
     make_archive(store, "tsparts", "ts_style/stream_handler.py", config_yaml=ONE_WORKER)
-    models = ["gen=gen.mar", "batched=batched.mar", "tswait=tswait.mar", "tsparts=tsparts.mar"]
+    models = ["gen=gen.mar", "stall=stall.mar", "batched=batched.mar", "tswait=tswait.mar", "tsparts=tsparts.mar"]
     with running_server(work, store, models, extra_args=["--ncs"]) as running:
         yield running
 
@@ -177,6 +178,57 @@ def test_a_slow_reader_pauses_the_generator(server: ServerProcess, tmp_path: Pat
     finally:
         client.close()
     wait_for(lambda: plain_pid(server) == pid, 20, "the worker is free again once the reader left")
+
+
+def test_a_reader_that_stops_reading_loses_its_stream_after_response_timeout(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    pid = plain_pid(server, "stall")
+    count = tmp_path / "yielded"
+    total = 5000
+    parts = urlsplit(server.inference)
+    body = json.dumps({"mode": "big", "n": total, "size": 65536, "count_to": str(count)}).encode()
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    client.settimeout(30)
+    try:
+        client.connect((parts.hostname or "127.0.0.1", parts.port or 80))
+        head = (
+            f"POST /predictions/stall HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        client.sendall(head.encode() + body)  # and read nothing, nor leave
+        # responseTimeout is 2 s: the stalled stream is cancelled, and the one worker answers others while the
+        # client still holds its connection
+        wait_for(lambda: plain_pid(server, "stall") == pid, 30, "the worker is free while the reader still stalls")
+        assert settled_count(count) < total // 5
+        got = b""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            chunk = client.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        else:
+            raise AssertionError("the server kept the stalled connection open")
+        assert got.startswith(b"HTTP/1.1 200")
+        assert not got.endswith(b"0\r\n\r\n"), "the stream was cut off, not ended as if complete"
+    finally:
+        client.close()
+
+
+def test_a_piece_over_max_response_size_ends_the_stream_with_an_error(server: ServerProcess, tmp_path: Path) -> None:
+    pid = plain_pid(server)
+    count = tmp_path / "yielded"
+    body = json.dumps({"mode": "big", "n": 50, "size": 7_000_000, "count_to": str(count)}).encode()
+    response = server.predict("gen", body, JSON)
+    assert response.status == 200, "the status went out before the piece came"
+    error = json.loads(response.text.strip().rpartition("\n")[2])
+    assert error["code"] == 500
+    assert "streamed piece of 7000000 bytes exceeds max_response_size (6553500)" in error["message"]
+    assert b"x" * 1000 not in response.body, "the oversized piece is not sent"
+    assert settled_count(count) < 50, "the rest of the stream is cancelled in the worker"
+    assert plain_pid(server) == pid
 
 
 def test_an_error_mid_stream_ends_it_visibly_and_the_worker_survives(server: ServerProcess) -> None:

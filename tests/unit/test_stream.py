@@ -254,6 +254,41 @@ def test_response_timeout_is_an_idle_limit_that_spares_a_worker_waiting_for_its_
     run(scenario())
 
 
+def test_a_reader_that_took_nothing_for_the_whole_limit_is_abandoned_and_the_worker_spared() -> None:
+    async def scenario() -> None:
+        scheduler = FakeScheduler()
+        handle, channel = await started(scheduler)
+        delivered: Delivered = {}
+        events: list[str] = []
+        channel.submit(streaming_dispatch(batch(1, 1), delivered, events))
+        channel.on_reply(ResultMessage(1, [InferResult(200, "")], streamed=[0]))
+        for i in range(STREAM_WINDOW):
+            channel.on_stream(StreamPieceMessage(1, 0, b"%d" % i, HEAD if i == 0 else None))
+        stream = delivered[0].stream
+        assert isinstance(stream, PieceStream)
+        reading = asyncio.Event()
+
+        async def stuck_reader() -> None:
+            async for _ in stream:
+                reading.set()
+                await asyncio.Event().wait()  # a write to a client that never reads
+
+        reader = asyncio.ensure_future(stuck_reader())
+        await reading.wait()
+        scheduler.fire()  # it took a piece just now: not stalled yet
+        assert not reader.done() and handle.controls == []
+        stream.read_at -= 31.0  # the limit (30 s) has passed since
+        scheduler.fire()
+        assert handle.controls == [CancelMessage(1, 0)], "the stream is cancelled at the worker"
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert not handle.killed, "the worker is not at fault"
+        channel.on_stream(StreamEndMessage(1, 0))
+        assert events == ["done", "released"], "the worker is free once it has ended the stream"
+
+    run(scenario())
+
+
 def test_aborting_ends_open_streams_with_503_and_cancels_them_at_the_worker() -> None:
     async def scenario() -> None:
         handle, channel = await started(FakeScheduler())
