@@ -37,9 +37,7 @@ class OnnxRuntimeModel(MLModel):
         feeds = {request_input.name: self.decode(request_input, default_codec=NumpyCodec)
                  for request_input in payload.inputs}  # fmt: skip
         values = self._session.run(None, feeds)
-        return InferenceResponse(
-            model_name=self.name,
-            model_version=self.version,
-            id=payload.id,
-            outputs=[NumpyCodec.encode_output(name, value) for name, value in zip(self._output_names, values, strict=True)],
-        )
+        outputs = [
+            NumpyCodec.encode_output(name, value) for name, value in zip(self._output_names, values, strict=True)
+        ]
+        return InferenceResponse(model_name=self.name, model_version=self.version, id=payload.id, outputs=outputs)

@@ -9,6 +9,7 @@ error is one of the codes of :data:`CODE_BY_STATUS`, with a message. Imported on
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import logging
@@ -139,10 +140,13 @@ def unary(function: Unary) -> grpc.RpcMethodHandler[Any, Any]:
 
 def server_streaming(function: ServerStreaming) -> grpc.RpcMethodHandler[Any, Any]:
     @functools.wraps(function)
-    async def call(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Message]:
+    async def call(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
             async for message in function(raw, context):
-                yield message
+                await context.write(message)
+        except asyncio.CancelledError:
+            await _end_cancelled(context)
+            raise
         except Exception as exc:
             failure = failure_of(exc)
             await context.abort(failure.code, failure.message)
@@ -152,17 +156,29 @@ def server_streaming(function: ServerStreaming) -> grpc.RpcMethodHandler[Any, An
 
 def bidi_streaming(function: BidiStreaming) -> grpc.RpcMethodHandler[Any, Any]:
     @functools.wraps(function)
-    async def call(
-        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Message]:
+    async def call(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
             async for message in function(requests, context):
-                yield message
+                await context.write(message)
+        except asyncio.CancelledError:
+            await _end_cancelled(context)
+            raise
         except Exception as exc:
             failure = failure_of(exc)
             await context.abort(failure.code, failure.message)
 
     return grpc.stream_stream_rpc_method_handler(call, response_serializer=_serialize)
+
+
+async def _end_cancelled(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """A streaming call's task was cancelled by the server, not by its client (a reader that took nothing for
+    responseTimeout, or the server stopping): end the call with CANCELLED, which a cancelled task alone does not do
+    (the client would wait for ever)."""
+    if not context.cancelled() and not context.done():
+        await context.abort(
+            grpc.StatusCode.CANCELLED,
+            "the server cancelled the call: its stream was not read for responseTimeout, or the server is stopping",
+        )
 
 
 def _serialize(message: Message) -> bytes:

@@ -62,10 +62,11 @@ def server(onnx_files: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     make_archive(store, "multi", "batch_handler.py", version="2.0", config_yaml="minWorkers: 1\n")
     make_archive(store, "page0", "echo_handler.py", config_yaml="minWorkers: 0\n")
     make_archive(store, "gen", "streaming_handler.py", config_yaml="minWorkers: 1\nmaxWorkers: 1\n")
+    make_archive(store, "stall", "streaming_handler.py", config_yaml="minWorkers: 1\nresponseTimeout: 2\n")
     make_archive(store, "ostream", "oip_stream_handler.py",
                  config_yaml=f"minWorkers: 1\nhandler:\n  wait_for: {root / 'go'}\n")  # fmt: skip
     models_at_start = ["dtypes=dtypes.mar", "affine=affine.mar", "echo=echo.mar", "sleepy=sleepy.mar", "gen=gen.mar",
-                       "ostream=ostream.mar"]  # fmt: skip
+                       "ostream=ostream.mar", "stall=stall.mar"]  # fmt: skip
     with running_server(root, store, models_at_start, extra_args=["--ncs", "--enable-model-api"]) as running:
         assert running.grpc_inference and running.grpc_management, running.log_text()
         yield running
@@ -349,6 +350,26 @@ def test_stream_predictions_relays_a_streamed_answer_piece_by_piece(server: Serv
         with pytest.raises(grpc.RpcError) as caught:
             pieces.extend(r.prediction for r in stub.StreamPredictions(failing, timeout=60))
         assert pieces == [b"p0;", b"p1;"] and "broke mid-stream" in str(caught.value.details())
+
+
+def test_a_stream_reader_that_stops_reading_frees_the_worker(server: ServerProcess, tmp_path: Path) -> None:
+    count = tmp_path / "yielded"
+    total = 5000
+    body = json.dumps({"mode": "big", "n": total, "size": 65536, "count_to": str(count)}).encode()
+    plain = inference_pb2.PredictionsRequest(model_name="stall", input={"data": b'{"mode": "plain"}'})
+    with grpc.insecure_channel(server.grpc_inference) as channel:
+        stub = InferenceStub(channel)
+        stalled = stub.StreamPredictions(inference_pb2.PredictionsRequest(model_name="stall", input={"data": body}))
+        assert len(next(stalled).prediction) == 65536  # then read no more, and do not leave
+        # responseTimeout is 2 s: the stalled stream is cancelled, and the model's one worker answers again
+        answer = stub.Predictions(plain, timeout=30)
+        assert "pid" in json.loads(answer.prediction)
+        yielded = int(count.read_text())
+        assert yielded < total // 5, f"the generator ran {yielded} pieces ahead of a reader that took one"
+        with pytest.raises(grpc.RpcError) as caught:
+            for _ in stalled:
+                pass
+        assert caught.value.code() == grpc.StatusCode.CANCELLED
 
 
 def test_a_call_past_its_deadline_is_cancelled(server: ServerProcess) -> None:
