@@ -3,9 +3,8 @@
 The pool asks ``take`` for a batch whenever one of its workers can accept one: when a job arrives, when a worker
 answers, when a batch's delay runs out. ``take`` returns up to ``batch_size`` jobs, or nothing yet when the batch should
 wait for company: a partial batch waits at most ``max_batch_delay`` after its first job *arrived*, and only while
-the worker that would take it is itself computing (``busy``; an idle worker of the version takes a partial batch at
-once). Jobs that queued while every worker was busy have already used their delay, so a batch forms at once from what
-is waiting; a lone request on an idle version goes at once.
+another batch of the version is being computed (``busy``). Jobs that queued while every worker was busy have already
+used their delay, so a batch forms at once from what is waiting; a lone request on an idle version goes at once.
 
 This is the hot path: nothing here awaits. The pool is told of new jobs through ``on_job`` and acts in the same call.
 """

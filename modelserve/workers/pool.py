@@ -356,8 +356,7 @@ class WorkerPool:
                         break
             if slot is None:
                 return
-            # wait for company only when the chosen worker is itself busy: an idle one takes a partial batch at once
-            jobs = batcher.take(settings.batch_size, settings.max_batch_delay_s, slot.outstanding > 0)
+            jobs = batcher.take(settings.batch_size, settings.max_batch_delay_s, self.in_flight > 0)
             if not jobs:
                 deadline = batcher.deadline(settings.max_batch_delay_s)
                 if deadline is not None:
