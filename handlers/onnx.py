@@ -34,6 +34,12 @@ class OnnxTabular(BaseHandler):
             names = json.loads(names_file.read_text())
         self.feature_names: list[str] | None = [str(n) for n in names] if names else None
         spec = self.model.inputs[0]
+        if len(self.model.inputs) != 1 or len(spec.shape) != 2:
+            shapes = ", ".join(f"{i.name} {list(i.shape)}" for i in self.model.inputs)
+            raise ValueError(
+                f"the onnx handler serves tabular models, one input of shape [rows, features]; this model takes "
+                f"{shapes}: use the tensor handler (--handler tensor) for it"
+            )
         self.input_name = spec.name
         self.dtype = np.dtype(spec.dtype if spec.dtype in ("float32", "float64", "int64") else "float32")
         self.width = spec.shape[1] if len(spec.shape) == 2 and spec.shape[1] > 0 else None

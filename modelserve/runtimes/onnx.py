@@ -25,6 +25,14 @@ def _specs(args: Any) -> list[TensorSpec]:
     return specs
 
 
+def no_spinning(options: Any) -> None:
+    """ONNX Runtime's pool threads spin between runs by default, burning a core each while the worker waits for its
+    next batch, on the cores the server's front end needs: a worker's threads sleep instead (measured: 2 intra-op
+    threads with batches every 2 ms used 1.32 cores spinning, 0.45 not)."""
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+
+
 class OnnxRuntime(ModelRuntime):
     name: ClassVar[str] = "onnx"
     platform: ClassVar[str] = "onnxruntime_onnx"
@@ -46,6 +54,7 @@ class OnnxRuntime(ModelRuntime):
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        no_spinning(options)
         providers = ["CPUExecutionProvider"]
         if device_type == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

@@ -197,3 +197,29 @@ def test_the_base_handler_signature_is_the_models_unless_configured(tmp_path: Pa
         "inputs": configured,
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
     }
+
+
+def test_onnx_sessions_do_not_spin_between_runs(tmp_path: Path) -> None:
+    models.affine_onnx(tmp_path / "affine.onnx")
+    model = load_model(tmp_path, manifest("affine.onnx").to_dict(), 2)
+    assert isinstance(model, OnnxRuntime)
+    options = model.model.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
+def test_the_onnx_handler_refuses_a_model_that_is_not_tabular_and_names_the_tensor_handler(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, save
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])
+    same = helper.make_tensor_value_info("same", TensorProto.FLOAT, ["batch", 1, 28, 28])
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["same"])], "images", [image], [same])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, str(tmp_path / "images.onnx"))
+    from modelserve.builtin_handlers.onnx import OnnxTabular
+
+    handler = OnnxTabular()
+    context = Context("m", "1.0", str(tmp_path), manifest("images.onnx").to_dict(), 1, {}, 1)
+    with pytest.raises(ValueError, match=r"tabular models.*takes image \[-1, 1, 28, 28\]: use the tensor handler"):
+        handler.initialize(context)

@@ -138,9 +138,12 @@ class BaseHandler(abc.ABC):  # noqa: B024 - abstract in name only, as TorchServe
             import onnxruntime as ort
         except ImportError:
             raise RuntimeError(f"{os.path.basename(path)} needs onnxruntime: pip install modelserve[onnx]") from None
+        from modelserve.runtimes.onnx import no_spinning
+
         options = ort.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = threads
+        no_spinning(options)
         return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
     @timed
