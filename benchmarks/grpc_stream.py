@@ -1,6 +1,6 @@
 """gRPC and streaming: W1 over modelserve's gRPC, its HTTP and MLServer 1.7's gRPC; streamed pieces over HTTP and gRPC.
 
-    .venv/bin/python benchmarks/grpc_stream.py            # the full run, about 12 minutes on 2 cores
+    .venv/bin/python benchmarks/grpc_stream.py            # the full run, about 8 minutes on 2 cores
     .venv/bin/python benchmarks/grpc_stream.py --quick    # a few seconds: modelserve only, no MLServer install
 
 W1 is the MNIST ConvNet of ``run.py``'s assets exported to ONNX here (FP32 [N, 1, 28, 28], dynamic batch), served by
@@ -805,6 +805,10 @@ def main() -> int:
         args.rounds, args.duration, args.warmup, args.stream_duration, args.stream_warmup = 1, 1.5, 0.5, 1.0, 0.3
         args.threads = "default"
     settings = [None if t == "default" else int(t) for t in args.threads.split(",")]
+    # the commit the servers start from (read now: a commit during the run does not rename the run)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO, check=False
+    ).stdout.strip()
     WORK.mkdir(exist_ok=True)
     assets = ensure_assets()
     onnx = export_onnx(assets)
@@ -879,9 +883,7 @@ def main() -> int:
         streams["HTTP chunked c=1"]["first_yield_to_client_p50_ms"],
     ))  # fmt: skip
     result = {
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO, check=False
-        ).stdout.strip(),
+        "commit": commit,
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
