@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -34,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 from run import (
     HERE,
     PYTHON,
@@ -46,6 +44,7 @@ from run import (
     ensure_venv,
     free_port,
     log,
+    machine,
     modelserve_server,
     tree_cpu,
     write_results,
@@ -293,6 +292,14 @@ async def _until(moment: float) -> None:
     await asyncio.sleep(max(0.0, moment - time.monotonic()))
 
 
+async def _meter(start_at: float, stop_at: float, cpu: list[float]) -> None:
+    """The client's own CPU seconds at the measured window's start and end, appended to ``cpu``."""
+    await _until(start_at)
+    cpu.append(_stamp())
+    await _until(stop_at)
+    cpu.append(_stamp())
+
+
 async def _w1_load(spec: dict[str, Any], start_at: float, stop_at: float) -> dict[str, Any]:
     """``tasks`` loops of one W1 request at a time over one client (one gRPC channel, or one aiohttp pool)."""
     x = np.load(spec["input"])
@@ -335,15 +342,8 @@ async def _w1_load(spec: dict[str, Any], start_at: float, stop_at: float) -> dic
             latencies.append(round((ended - began) * 1e6))
 
     cpu: list[float] = []
-
-    async def meter() -> None:
-        await _until(start_at)
-        cpu.append(_stamp())
-        await _until(stop_at)
-        cpu.append(_stamp())
-
     try:
-        await asyncio.gather(meter(), *(loop() for _ in range(spec["tasks"])))
+        await asyncio.gather(_meter(start_at, stop_at, cpu), *(loop() for _ in range(spec["tasks"])))
     finally:
         await client.close()
     return {"latencies_us": latencies, **counts, "client_cpu_s": cpu[1] - cpu[0]}
@@ -484,15 +484,8 @@ async def _stream_load(spec: dict[str, Any], start_at: float, stop_at: float) ->
             await one()
 
     cpu: list[float] = []
-
-    async def meter() -> None:
-        await _until(start_at)
-        cpu.append(_stamp())
-        await _until(stop_at)
-        cpu.append(_stamp())
-
     try:
-        await asyncio.gather(meter(), *(loop() for _ in range(spec["tasks"])))
+        await asyncio.gather(_meter(start_at, stop_at, cpu), *(loop() for _ in range(spec["tasks"])))
     finally:
         for close in closers:
             await close()
@@ -884,12 +877,7 @@ def main() -> int:
     ))  # fmt: skip
     result = {
         "commit": commit,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
-        },
+        "machine": machine(),
         "settings": {
             "quick": args.quick,
             "rounds": args.rounds,

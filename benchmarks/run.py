@@ -88,6 +88,16 @@ def write_results(kind: str, data: dict[str, Any], output: Path | None = None) -
     return output
 
 
+def machine() -> dict[str, Any]:
+    """What a results file says of the machine it was measured on."""
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+    }
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -823,12 +833,7 @@ def main() -> int:
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO, check=False
         ).stdout.strip(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
-        },
+        "machine": machine(),
         "settings": {
             "duration_s": args.duration,
             "rounds": args.rounds,

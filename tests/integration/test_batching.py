@@ -26,12 +26,19 @@ def test_batches_fill_up_to_batch_size_under_concurrent_load(tmp_path: Path, sto
         assert len({r.json()["request_id"] for r in results}) == 16
 
 
-def test_partial_batch_waits_at_most_max_batch_delay_while_its_worker_is_busy(tmp_path: Path, store: Path) -> None:
+def gated_archive(tmp_path: Path, store: Path, name: str, workers: int) -> tuple[Path, Path]:
+    """An archive of the gate handler (batches of up to 8 within 1.5 s): the file it records batches in, and the
+    directory whose files release held batches."""
     record, release = tmp_path / "batches.txt", tmp_path / "release"
     release.mkdir()
-    make_archive(store, "patient", "gate_handler.py",
-                 config_yaml=f"minWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 1500\nhandler:\n  record_to: {record}\n"
-                 f"  release_dir: {release}\n")  # fmt: skip
+    make_archive(store, name, "gate_handler.py",
+                 config_yaml=f"minWorkers: {workers}\nbatchSize: 8\nmaxBatchDelay: 1500\nhandler:\n"
+                 f"  record_to: {record}\n  release_dir: {release}\n")  # fmt: skip
+    return record, release
+
+
+def test_partial_batch_waits_at_most_max_batch_delay_while_its_worker_is_busy(tmp_path: Path, store: Path) -> None:
+    record, release = gated_archive(tmp_path, store, "patient", workers=1)
 
     def pending() -> int:
         return int(server.manage("GET", "/models/patient").json()[0]["jobQueueStatus"]["pendingRequests"])
@@ -57,11 +64,7 @@ def test_partial_batch_waits_at_most_max_batch_delay_while_its_worker_is_busy(tm
 
 
 def test_a_partial_batch_waits_for_company_while_another_worker_computes(tmp_path: Path, store: Path) -> None:
-    record, release = tmp_path / "batches.txt", tmp_path / "release"
-    release.mkdir()
-    make_archive(store, "pair", "gate_handler.py",
-                 config_yaml=f"minWorkers: 2\nbatchSize: 8\nmaxBatchDelay: 1500\nhandler:\n  record_to: {record}\n"
-                 f"  release_dir: {release}\n")  # fmt: skip
+    record, release = gated_archive(tmp_path, store, "pair", workers=2)
     with running_server(tmp_path, store, ["pair.mar"], extra_args=["--ncs"]) as server:
         wait_for(lambda: len(server.manage("GET", "/models/pair").json()[0]["workers"]) == 2, 30, "two workers")
         with ThreadPoolExecutor(2) as pool:

@@ -157,22 +157,28 @@ def settled_count(path: Path, quiet_s: float = 1.0, timeout: float = 60.0) -> in
     raise AssertionError(f"the count in {path.name} kept changing (last {last})")
 
 
-def test_a_slow_reader_pauses_the_generator(server: ServerProcess, tmp_path: Path) -> None:
-    pid = plain_pid(server)
-    count = tmp_path / "yielded"
-    total = 2000
+def unread_stream(server: ServerProcess, model: str, total: int, count: Path) -> socket.socket:
+    """A client that asks ``model`` for ``total`` pieces of 64 KiB, with a small receive buffer, and reads nothing."""
     parts = urlsplit(server.inference)
     body = json.dumps({"mode": "big", "n": total, "size": 65536, "count_to": str(count)}).encode()
     client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     client.settimeout(30)
+    client.connect((parts.hostname or "127.0.0.1", parts.port or 80))
+    head = (
+        f"POST /predictions/{model} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    client.sendall(head.encode() + body)
+    return client
+
+
+def test_a_slow_reader_pauses_the_generator(server: ServerProcess, tmp_path: Path) -> None:
+    pid = plain_pid(server)
+    count = tmp_path / "yielded"
+    total = 2000
+    client = unread_stream(server, "gen", total, count)
     try:
-        client.connect((parts.hostname or "127.0.0.1", parts.port or 80))
-        head = (
-            f"POST /predictions/gen HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        client.sendall(head.encode() + body)  # and read nothing
         yielded = settled_count(count)
         assert yielded < total // 5, f"the generator ran {yielded} pieces ahead of a reader that took none"
     finally:
@@ -186,18 +192,8 @@ def test_a_reader_that_stops_reading_loses_its_stream_after_response_timeout(
     pid = plain_pid(server, "stall")
     count = tmp_path / "yielded"
     total = 5000
-    parts = urlsplit(server.inference)
-    body = json.dumps({"mode": "big", "n": total, "size": 65536, "count_to": str(count)}).encode()
-    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    client.settimeout(30)
+    client = unread_stream(server, "stall", total, count)  # it reads nothing, nor leaves
     try:
-        client.connect((parts.hostname or "127.0.0.1", parts.port or 80))
-        head = (
-            f"POST /predictions/stall HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        client.sendall(head.encode() + body)  # and read nothing, nor leave
         # responseTimeout is 2 s: the stalled stream is cancelled, and the one worker answers others while the
         # client still holds its connection
         wait_for(lambda: plain_pid(server, "stall") == pid, 30, "the worker is free while the reader still stalls")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -217,9 +218,7 @@ def test_the_onnx_handler_refuses_a_model_that_is_not_tabular_and_names_the_tens
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     save(model, str(tmp_path / "images.onnx"))
-    from modelserve.builtin_handlers.onnx import OnnxTabular
-
-    handler = OnnxTabular()
+    handler = importlib.import_module("modelserve.builtin_handlers.onnx").OnnxTabular()  # packaged from handlers/
     context = Context("m", "1.0", str(tmp_path), manifest("images.onnx").to_dict(), 1, {}, 1)
     with pytest.raises(ValueError, match=r"tabular models.*takes image \[-1, 1, 28, 28\]: use the tensor handler"):
         handler.initialize(context)
