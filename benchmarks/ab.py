@@ -1,6 +1,6 @@
 """Before/after on the request path: modelserve at this checkout and at another commit, interleaved.
 
-    .venv/bin/python benchmarks/ab.py --baseline COMMIT [--windows 8] [--seconds 5]
+    .venv/bin/python benchmarks/ab.py --baseline COMMIT [--windows 8] [--seconds 5] [--workloads "W2 c=8"]
 
 Both servers run at once with the benchmark's two models (the same archives, the same settings); the load then
 alternates between them in short windows (A B B A A B ...) for every workload, so the machine's drift, which on this
@@ -49,7 +49,14 @@ def main() -> int:
     parser.add_argument("--baseline", required=True, metavar="COMMIT")
     parser.add_argument("--windows", type=int, default=8, help="load windows per server and workload")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one window")
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of: {', '.join(WORKLOADS)} (default all)"
+    )
     args = parser.parse_args()
+    chosen = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = [w for w in chosen if w not in WORKLOADS]
+    if unknown or not chosen:
+        parser.error(f"unknown workload(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(WORKLOADS)}")
     assets = ensure_assets()
     store = modelserve_store(assets)
     tag, source = baseline_checkout(args.baseline)
@@ -59,9 +66,10 @@ def main() -> int:
     }
     for server in servers.values():
         server.start(assets, list(MODEL_CONFIG))
-    results: dict[str, dict[str, list[dict[str, float]]]] = {w: {"before": [], "after": []} for w in WORKLOADS}
+    results: dict[str, dict[str, list[dict[str, float]]]] = {w: {"before": [], "after": []} for w in chosen}
     try:
-        for workload, (model, input_file, concurrency) in WORKLOADS.items():
+        for workload in chosen:
+            model, input_file, concurrency = WORKLOADS[workload]
             for server in servers.values():  # the same short warm-up for both
                 run_wrk(server.url_for(model), assets / input_file, "application/octet-stream", concurrency, 3)
             for window in range(args.windows):
