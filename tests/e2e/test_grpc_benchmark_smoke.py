@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from tests.support.paths import REPO
+from tests.support.benchmarks import quick_run
 
 W1_POINTS = {"modelserve gRPC", "modelserve HTTP"}
 STREAM_POINTS = {
@@ -25,17 +21,8 @@ STREAM_POINTS = {
 
 @pytest.mark.slow
 def test_grpc_benchmark_quick_run_measures_modelserve(tmp_path: Path) -> None:
-    output = tmp_path / "grpc-quick.json"
-    started = datetime.now(timezone.utc).replace(microsecond=0)
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "grpc_stream.py"), "--quick", "--output", str(output)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"results in {output}" in result.stdout
-    assert "| modelserve gRPC |" in result.stdout and "| HTTP chunked c=1 |" in result.stdout, "the tables print"
-    data = json.loads(output.read_text())
-    assert datetime.fromisoformat(data["date"]) >= started, "the results are this run's"
+    stdout, data = quick_run("grpc_stream.py", tmp_path / "grpc-quick.json")
+    assert "| modelserve gRPC |" in stdout and "| HTTP chunked c=1 |" in stdout, "the tables print"
     settings = data["settings"]
     assert settings["quick"] and settings["rounds"] == 1 and settings["duration_s"] <= 2.0, "a smoke run stays short"
     assert settings["mlserver_packages"] == [], "the smoke run installs no MLServer"
