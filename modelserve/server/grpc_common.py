@@ -138,18 +138,23 @@ def unary(function: Unary) -> grpc.RpcMethodHandler[Any, Any]:
     return grpc.unary_unary_rpc_method_handler(call, response_serializer=_serialize)
 
 
+async def _write_all(messages: AsyncIterator[Message], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """A streaming call's answers, written as they come; an error ends the call with its status code."""
+    try:
+        async for message in messages:
+            await context.write(message)
+    except asyncio.CancelledError:
+        await _end_cancelled(context)
+        raise
+    except Exception as exc:
+        failure = failure_of(exc)
+        await context.abort(failure.code, failure.message)
+
+
 def server_streaming(function: ServerStreaming) -> grpc.RpcMethodHandler[Any, Any]:
     @functools.wraps(function)
     async def call(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        try:
-            async for message in function(raw, context):
-                await context.write(message)
-        except asyncio.CancelledError:
-            await _end_cancelled(context)
-            raise
-        except Exception as exc:
-            failure = failure_of(exc)
-            await context.abort(failure.code, failure.message)
+        await _write_all(function(raw, context), context)
 
     return grpc.unary_stream_rpc_method_handler(call, response_serializer=_serialize)
 
@@ -157,15 +162,7 @@ def server_streaming(function: ServerStreaming) -> grpc.RpcMethodHandler[Any, An
 def bidi_streaming(function: BidiStreaming) -> grpc.RpcMethodHandler[Any, Any]:
     @functools.wraps(function)
     async def call(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        try:
-            async for message in function(requests, context):
-                await context.write(message)
-        except asyncio.CancelledError:
-            await _end_cancelled(context)
-            raise
-        except Exception as exc:
-            failure = failure_of(exc)
-            await context.abort(failure.code, failure.message)
+        await _write_all(function(requests, context), context)
 
     return grpc.stream_stream_rpc_method_handler(call, response_serializer=_serialize)
 
