@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--enable-model-api", action="store_true", help="allow registering/unregistering over HTTP")
     parser.add_argument("--worker-backend", metavar="NAME", help="where workers run (worker_backend; default: local)")
     parser.add_argument(
+        "--ray-address", metavar="ADDRESS", help="worker_backend=ray: auto or the head's host:port (ray_address)"
+    )
+    parser.add_argument(
         "--pid-file",
         type=Path,
         default=None,
@@ -112,6 +115,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         overrides["model_snapshot"] = "false"
     if args.worker_backend:
         overrides["worker_backend"] = args.worker_backend
+    if args.ray_address:
+        overrides["ray_address"] = args.ray_address
     return load_server_config(args.ts_config, os.environ, overrides)
 
 

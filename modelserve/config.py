@@ -224,6 +224,11 @@ class ServerConfig:
     use_worker_template: bool = True
     # where workers run: a name of modelserve.workers.backend.BACKENDS ("local": processes of this machine)
     worker_backend: str = "local"
+    # worker_backend=ray: the cluster ("auto" or the head's host:port; empty: a Ray instance of this machine owned by
+    # the server), and for an owned instance its CPUs (0: the machine's) and object store size (0: Ray's default)
+    ray_address: str = ""
+    ray_num_cpus: int = 0
+    ray_object_store_memory: int = 0
     log_level: str = "INFO"
     log_format: str = "plain"
     # gRPC (TorchServe's keys, and enable_grpc of modelserve's own): None means on when grpcio is installed
@@ -366,6 +371,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "require_signed_archives": _bool,
     "use_worker_template": _bool,
     "worker_backend": lambda v: v.strip().lower() or "local",
+    "ray_address": lambda v: _ray_address(v.strip()),
+    "ray_num_cpus": _int_at_least(0),
+    "ray_object_store_memory": lambda v: parse_memory(v, "") if v.strip() not in ("", "0") else 0,
     "log_level": lambda v: _choice(v.strip().upper(), ("DEBUG", "INFO", "WARNING", "ERROR")),
     "log_format": lambda v: _choice(v.strip().lower(), ("plain", "json")),
     "enable_grpc": _optional_bool,
@@ -380,6 +388,18 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "enable_grpc_ssl": _bool,
     "grpc_max_concurrent_streams": _int_at_least(1),
 }
+
+
+def _ray_address(value: str) -> str:
+    """``auto``, ``host:port`` (``ray://`` client addresses are refused: the server must be a cluster driver)."""
+    if not value or value == "auto":
+        return value
+    if value.startswith("ray://"):
+        raise ValueError("ray:// (Ray Client) addresses are not supported: give the head's GCS host:port or auto")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected auto or host:port, got {value!r}")
+    return value
 
 
 def is_loopback(host: str) -> bool:
@@ -456,6 +476,10 @@ class ModelConfig:
     # batch_size was set (server batch_size, model-config.yaml batchSize or registration); when it was not, a batch
     # size the handler declares applies
     batch_size_explicit: bool = False
+    # worker_backend=ray: what one worker asks of a cluster node
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    ray_resources: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def defaults(cls, server: ServerConfig) -> ModelConfig:
@@ -524,6 +548,22 @@ def _device(value: Any) -> str:
     return str(value)
 
 
+MAX_RAY_RESOURCES = 16
+
+
+def _ray_resources(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of resource name to amount")
+    if len(value) > MAX_RAY_RESOURCES:
+        raise ValueError(f"at most {MAX_RAY_RESOURCES} resources")
+    resources: dict[str, float] = {}
+    for key, amount in value.items():
+        if not isinstance(key, str) or not key or len(key) > 128 or key in ("CPU", "GPU", "memory"):
+            raise ValueError(f"resource names are strings of 1-128 characters other than CPU, GPU, memory: {key!r}")
+        resources[key] = parse_float(amount, key, 0.0001, 1e6)
+    return resources
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("expected a mapping")
@@ -543,6 +583,9 @@ _MODEL_KEYS.update({
     "optimize": ("optimize", parse_bool),
     "handler": ("handler", _mapping),
     "workerMemoryLimit": ("worker_memory_limit_bytes", lambda value: parse_memory(value, "")),
+    "num_cpus": ("num_cpus", _yaml_float(0, 1024)),
+    "num_gpus": ("num_gpus", _yaml_float(0, 64)),
+    "rayResources": ("ray_resources", _ray_resources),
 })  # fmt: skip
 
 # TorchServe model-config keys a handler may read; kept without a warning

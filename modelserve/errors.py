@@ -40,7 +40,15 @@ class ServiceUnavailableError(ModelServeError):
 
 
 class WorkerDiedError(ModelServeError):
-    """The worker serving a request exited before answering."""
+    """The worker serving a request exited before answering.
+
+    ``unstarted`` names batches (by id) that were handed to the worker's transport but are known never to have
+    reached the worker (a cluster call refused before it ran): they may run on another worker.
+    """
+
+    def __init__(self, message: str, unstarted: frozenset[int] = frozenset()) -> None:
+        super().__init__(message)
+        self.unstarted = unstarted
 
 
 class WorkerTimeoutError(ModelServeError):

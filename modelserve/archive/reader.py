@@ -317,3 +317,31 @@ def extract_archive(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExtractedArchive(root=root, staging=staging, manifest=manifest)
+
+
+def pack_trees(trees: dict[str, Path], dest: Path) -> None:
+    """Write the regular files of each directory into one zip at ``dest``, under its name (``{name}/...``).
+
+    What a cluster node receives of a version: the archive as extracted and checked here (links refused as when
+    reading a directory), unpacked there again by ``unpack_trees``. Entries are stored, not compressed: model
+    weights do not shrink and the copy is the cost.
+    """
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, root in trees.items():
+            check_entry_name(name)
+            for file_path, rel in _walk_directory(root):
+                if not stat.S_ISREG(os.lstat(file_path).st_mode):
+                    raise UnsafeEntryError(rel, "not a regular file")
+                archive.write(file_path, f"{name}/{rel}")
+
+
+def unpack_trees(source: Path, dest: Path, limits: ArchiveLimits | None = None) -> None:
+    """Unpack a zip made by ``pack_trees`` into the empty directory ``dest`` with the reader's checks and limits."""
+    _extract_zip(source, dest, limits or ArchiveLimits())
+
+
+def checked_root(root: Path) -> Manifest:
+    """The manifest of an unpacked archive at ``root``, with every file it names checked present."""
+    manifest = read_manifest(root)
+    validate_layout(root, manifest)
+    return manifest

@@ -30,6 +30,7 @@ class Job:
     future: asyncio.Future[InferResult]
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float = 0.0
+    requeued: int = 0  # times it went back to the queue after a worker's transport refused its batch
 
     @property
     def abandoned(self) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import enum
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from modelserve.archive.reader import ExtractedArchive
@@ -55,7 +56,14 @@ class ModelVersion:
         self.batcher = Batcher(config.job_queue_size)
         self.backend = backend
         self.spec = WorkerSpec(
-            label=f"{name}:{version}", model_dir=extracted.root, needs_torch=needs_torch(extracted.manifest)
+            label=f"{name}:{version}",
+            model_dir=extracted.root,
+            needs_torch=needs_torch(extracted.manifest),
+            python_path=tuple(Path(p) for p in self.python_path),
+            intra_op_threads=config.intra_op_threads,
+            num_cpus=config.num_cpus,
+            num_gpus=config.num_gpus,
+            resources=dict(config.ray_resources),
         )
         self.pool = WorkerPool(
             label=f"{name}:{version}",
@@ -189,6 +197,8 @@ class ModelVersion:
             }
             if usage.node is not None:
                 entry["node"] = usage.node
+            if usage.address is not None:
+                entry["nodeAddress"] = usage.address
             workers.append(entry)
         description: dict[str, Any] = {
             "modelName": self.name,

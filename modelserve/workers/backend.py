@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 # name -> "module:attribute" of a class taking the ServerConfig
 BACKENDS: Mapping[str, str] = {
     "local": "modelserve.workers.local:LocalBackend",
+    "ray": "modelserve.workers.ray_backend:RayBackend",
 }
 
 
@@ -45,7 +46,8 @@ class WorkerUsage:
 
     memory_bytes: int = 0
     pid: int | None = None
-    node: str | None = None
+    node: str | None = None  # the cluster node that runs it (None: this machine)
+    address: str | None = None  # that node's address
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,12 @@ class WorkerSpec:
     label: str  # "model:version"
     model_dir: Path
     needs_torch: bool  # whether the workers import torch (the local backend forks them from its torch template)
+    python_path: tuple[Path, ...] = ()  # directories of the version's own dependencies, first on sys.path
+    intra_op_threads: int = 0  # an explicit intraOpThreads (0: the backend's thread policy decides)
+    # what one worker asks of a cluster node (model-config.yaml num_cpus, num_gpus, rayResources)
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    resources: Mapping[str, float] = field(default_factory=dict)
 
 
 class WorkerEvents(Protocol):

@@ -360,6 +360,8 @@ class WorkerChannel:
         self._pending.clear()
         self._armed.clear()
         for dispatch in batches:
+            if dispatch.message.batch_id in error.unstarted and not dispatch.replied:
+                dispatch.sent = False  # its transport refused it before the worker got it: it may run elsewhere
             self._end_streams(dispatch, error_result(500, f"the stream broke off: {error}"), error)
             self._finish(dispatch, None, error)
 

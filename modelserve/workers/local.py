@@ -24,21 +24,14 @@ import psutil
 
 from modelserve.errors import WorkerDiedError, WorkerLoadError
 from modelserve.workers.backend import WorkerEvents, WorkerSpec, WorkerUsage
+from modelserve.workers.frames import FrameRouter, FrameSplitter, ready_reply
 from modelserve.workers.protocol import (
-    LENGTH,
     CancelMessage,
     CreditMessage,
     InferMessage,
     InitMessage,
-    LoadFailedMessage,
     Message,
-    ProtocolError,
-    ReadyMessage,
-    ResultMessage,
     ShutdownMessage,
-    StreamEndMessage,
-    StreamPieceMessage,
-    decode,
     encode,
 )
 from modelserve.workers.template import ForkedProcess, WorkerTemplate
@@ -62,15 +55,14 @@ def describe_exit(returncode: int | None) -> str:
 
 
 class _FrameReader(asyncio.Protocol):
-    """Splits the worker's byte stream into frames and hands each over in the reading callback itself.
+    """Hands each whole frame of the worker's socket over inside ``data_received`` itself.
 
     No task waits for replies: a reply is matched and its results delivered in the same event-loop step that read
     it (a StreamReader would wake a reader task one step later).
     """
 
     def __init__(self, on_frame: Callable[[bytes], None], on_closed: Callable[[], None]) -> None:
-        self._buffer = bytearray()
-        self._on_frame = on_frame
+        self._splitter = FrameSplitter(on_frame)
         self._on_closed = on_closed
         self.transport: asyncio.Transport | None = None
 
@@ -78,19 +70,7 @@ class _FrameReader(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports implement it without subclassing
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        start = 0
-        while len(buffer) - start >= LENGTH.size:
-            (length,) = LENGTH.unpack_from(buffer, start)
-            end = start + LENGTH.size + length
-            if len(buffer) < end:
-                break
-            frame = bytes(buffer[start + LENGTH.size : end])
-            start = end
-            self._on_frame(frame)
-        if start:
-            del buffer[:start]
+        self._splitter.feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._on_closed()
@@ -110,9 +90,8 @@ class LocalWorker:
         self.process: asyncio.subprocess.Process | ForkedProcess | None = None
         self._env = env
         self._template = template
-        self._events: WorkerEvents | None = None
         self._transport: asyncio.Transport | None = None
-        self._first: asyncio.Future[Message] | None = None  # the worker's first frame (ready or load failed)
+        self._router = FrameRouter(self._broken)
         self._closing = False
         self._closed_task: asyncio.Task[None] | None = None
         self._log_tasks: list[asyncio.Task[None]] = []
@@ -141,7 +120,7 @@ class LocalWorker:
 
     async def start(self, init: InitMessage, startup_timeout_s: float, events: WorkerEvents) -> None:
         """Start the worker (forked from the template when given) and wait until its handler initialized."""
-        self._events = events
+        self._router.events = events
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         template = self._template
         try:
@@ -172,10 +151,10 @@ class LocalWorker:
             asyncio.create_task(self._pump(self.process.stderr, logging.WARNING)),
         ]
         loop = asyncio.get_running_loop()
-        self._first = loop.create_future()
+        first = self._router.expect_first()
         try:
             transport, _ = await loop.create_unix_connection(
-                lambda: _FrameReader(self._on_frame, self._on_closed), sock=parent_sock
+                lambda: _FrameReader(self._router.on_frame, self._on_closed), sock=parent_sock
             )
         except BaseException:
             parent_sock.close()
@@ -183,20 +162,19 @@ class LocalWorker:
         self._transport = transport
         self._send(init)
         try:
-            reply = await asyncio.wait_for(asyncio.shield(self._first), startup_timeout_s)
+            reply = await asyncio.wait_for(asyncio.shield(first), startup_timeout_s)
         except TimeoutError:
             await self.kill()
             raise WorkerLoadError(f"worker did not finish loading within {startup_timeout_s:g} s") from None
         except WorkerDiedError as exc:
             raise WorkerLoadError(f"worker exited while loading ({exc})") from None
-        if isinstance(reply, LoadFailedMessage):
+        try:
+            ready = ready_reply(reply)
+        except WorkerLoadError:
             await self.kill()
-            raise WorkerLoadError(reply.error)
-        if not isinstance(reply, ReadyMessage):
-            await self.kill()
-            raise WorkerLoadError(f"unexpected first reply {type(reply).__name__}")
-        self.signature = reply.signature
-        self.batch_size = reply.batch_size
+            raise
+        self.signature = ready.signature
+        self.batch_size = ready.batch_size
 
     async def _pump(self, stream: asyncio.StreamReader | None, level: int) -> None:
         if stream is None:
@@ -227,30 +205,9 @@ class LocalWorker:
     def send_control(self, message: CreditMessage | CancelMessage) -> None:
         self._send(message)
 
-    def _on_frame(self, frame: bytes) -> None:
-        """One whole frame from the worker: its first message, or the reply to the oldest batch sent."""
-        try:
-            message = decode(frame[0], memoryview(frame)[1:])
-        except ProtocolError as exc:
-            self._broken(f"worker sent a broken frame ({exc})")
-            return
-        if self._first is not None and not self._first.done():
-            self._first.set_result(message)
-            return
-        if isinstance(message, (StreamPieceMessage, StreamEndMessage)):
-            if self._events is not None:
-                self._events.on_stream(message)
-            return
-        if not isinstance(message, ResultMessage):
-            self._broken(f"worker sent an unexpected {type(message).__name__}")
-            return
-        if self._events is not None:
-            self._events.on_reply(message)
-
     def _broken(self, reason: str) -> None:
         """The worker broke the protocol: report it lost and kill it."""
-        if self._events is not None:
-            self._events.on_lost(WorkerDiedError(reason))
+        self._router.lost(WorkerDiedError(reason))
         if self._kill_task is None:
             self._kill_task = asyncio.create_task(self.kill())
 
@@ -261,11 +218,7 @@ class LocalWorker:
         self._closed_task = asyncio.create_task(self._report_exit())
 
     async def _report_exit(self) -> None:
-        error = WorkerDiedError(await self._death_reason())
-        if self._first is not None and not self._first.done():
-            self._first.set_exception(error)
-        if self._events is not None:
-            self._events.on_lost(error)
+        self._router.lost(WorkerDiedError(await self._death_reason()))
 
     async def _death_reason(self) -> str:
         assert self.process is not None
@@ -300,12 +253,7 @@ class LocalWorker:
         if self._closing:
             return
         self._closing = True
-        closed = WorkerDiedError("worker connection closed")
-        if self._first is not None and not self._first.done():
-            self._first.set_exception(closed)
-            self._first.exception()
-        if self._events is not None:
-            self._events.on_lost(closed)
+        self._router.lost(WorkerDiedError("worker connection closed"))
         if self._transport is not None:
             self._transport.close()
             self._transport = None

@@ -521,7 +521,8 @@ class Worker:
         timings["handler"] = spent
 
 
-def _serve(channel: Channel) -> int:
+def serve(channel: Channel) -> int:
+    """Run one worker on ``channel``: load on its INIT frame, then answer batches until told to stop."""
     first = channel.receive()
     if not isinstance(first, InitMessage):
         raise RuntimeError(f"expected an init frame, got {type(first).__name__}")
@@ -587,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("python_multipart").setLevel(logging.ERROR)  # it warns on every malformed body: ours is a 400
     sock = socket.socket(fileno=args.fd)
     try:
-        return _serve(Channel(sock))
+        return serve(Channel(sock))
     except (EOFError, ConnectionError):
         return 0
     except Exception:

@@ -250,6 +250,14 @@ class _Slot:
         if error is not None:
             self._mark_down(str(error))
             if not sent and isinstance(error, WorkerDiedError):
+                if error.unstarted:
+                    # refused by the worker's transport after it was handed over: retried once, on another worker
+                    for job in jobs:
+                        if job.requeued and not job.future.done():
+                            job.future.set_exception(WorkerDiedError(f"no worker could take the request ({error})"))
+                    jobs = [job for job in jobs if not job.requeued]
+                    for job in jobs:
+                        job.requeued += 1
                 self.pool.batcher.push_front(jobs)  # never reached the worker: another one runs them
                 return
             if isinstance(error, WorkerDiedError):

@@ -33,7 +33,7 @@ def test_the_setting_comes_from_the_file_the_environment_and_the_flag(tmp_path: 
 
 
 def test_an_unknown_backend_names_the_choices() -> None:
-    with pytest.raises(ConfigError, match=r"unknown worker_backend 'nope' \(choose one of: local\)"):
+    with pytest.raises(ConfigError, match=r"unknown worker_backend 'nope' \(choose one of: local, ray\)"):
         load_backend("nope", ServerConfig())
 
 
@@ -50,5 +50,5 @@ def test_the_server_refuses_to_start_with_an_unknown_backend(tmp_path: Path) -> 
         check=False, capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode != 0
-    assert "unknown worker_backend 'nope' (choose one of: local)" in done.stderr
+    assert "unknown worker_backend 'nope' (choose one of: local, ray)" in done.stderr
     assert "Traceback" not in done.stderr
