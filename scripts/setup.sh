@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q "torch==2.13.0" "setuptools>=77" wheel
-.venv/bin/python -m pip install -q -e ".[all,test]"
+.venv/bin/python -m pip install -q -e ".[all,test,ray]"
 
 # The real TorchServe 0.12.0, run side by side with modelserve by the parity tests, in a venv of its own: its `ts`
 # package would hide modelserve's `ts` compatibility package in .venv. Its vision and text handlers import captum and

@@ -100,7 +100,7 @@ class ServerCollector(Collector):
             labels=[*VERSION_LABELS, "reason"],
         )
         rss = GaugeMetricFamily("modelserve_worker_rss_bytes", "Resident memory of each worker",
-                                labels=[*VERSION_LABELS, "worker_id"])  # fmt: skip
+                                labels=[*VERSION_LABELS, "worker_id", "node"])  # fmt: skip
         ready = GaugeMetricFamily("modelserve_model_ready", "1 when the version is READY", labels=VERSION_LABELS)
         for v in versions:
             labels = [v.name, v.version]
@@ -112,9 +112,10 @@ class ServerCollector(Collector):
             ready.add_metric(labels, 1.0 if v.state is VersionState.READY else 0.0)
             for worker in v.pool.workers():
                 if worker.alive:
-                    memory = worker.usage().memory_bytes
-                    if memory:
-                        rss.add_metric([*labels, worker.worker_id], memory)
+                    usage = worker.usage()
+                    if usage.memory_bytes:
+                        node = usage.node or "local"  # a cluster node's id with the Ray backend
+                        rss.add_metric([*labels, worker.worker_id, node], usage.memory_bytes)
         yield from (live, restarts, load_failures, recycles, rss, ready)
 
     def _handler_families(self, versions: list[ModelVersion]) -> Iterator[Metric]:
