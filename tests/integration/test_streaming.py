@@ -4,6 +4,7 @@ mid-stream, and streams in a batch beside a plain result."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -16,14 +17,16 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.support.ray_nodes import backend_config
 from tests.support.server import ServerProcess, call, make_archive, running_server, wait_for
 
 JSON = {"Content-Type": "application/json"}
 ONE_WORKER = "minWorkers: 1\nmaxWorkers: 1\n"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=["local", pytest.param("ray", marks=[pytest.mark.ray, pytest.mark.slow])])
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """The same streaming suite on each worker backend (the Ray backend on a two-node cluster of this machine)."""
     work = tmp_path_factory.mktemp("streaming")
     store = work / "model_store"
     store.mkdir()
@@ -36,8 +39,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     make_archive(store, "tswait", "ts_style/waiting_stream_handler.py", config_yaml=ONE_WORKER)
     make_archive(store, "tsparts", "ts_style/stream_handler.py", config_yaml=ONE_WORKER)
     models = ["gen=gen.mar", "stall=stall.mar", "batched=batched.mar", "tswait=tswait.mar", "tsparts=tsparts.mar"]
-    with running_server(work, store, models, extra_args=["--ncs"]) as running:
-        yield running
+    with contextlib.ExitStack() as stack:
+        config = stack.enter_context(backend_config(request.param, work))
+        yield stack.enter_context(running_server(work, store, models, extra_args=["--ncs"], config=config))
 
 
 def connect(server: ServerProcess) -> http.client.HTTPConnection:

@@ -100,3 +100,16 @@ def ray_nodes(work_dir: Path, names: list[str], cpus: int = 1) -> Iterator[RayNo
         yield nodes.start(names, cpus)
     finally:
         nodes.shutdown()
+
+
+@contextlib.contextmanager
+def backend_config(backend: str, work_dir: Path, cpus: int = 4) -> Iterator[str]:
+    """config.properties lines that select ``backend`` for a server; ``ray`` starts a two-node cluster for it.
+
+    Suites that must behave the same on every backend parametrize their server fixture with this.
+    """
+    if backend == "local":
+        yield ""
+        return
+    with ray_nodes(work_dir / "ray", ["head", "node_a"], cpus=cpus) as nodes:
+        yield f"worker_backend=ray\nray_address={nodes.address}\n"
