@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -59,14 +60,26 @@ MAX_CAUSE_CHARS = 400
 
 
 def death_cause(exc: BaseException) -> str:
-    """Ray's words on why an actor or call failed, on one line, from the reason on."""
+    """Ray's words on why an actor or call failed, on one line: the reason and the exit detail, without the list of
+    possible root causes Ray appends."""
     text = " ".join(str(exc).split())
+    exit_type = re.search(r"Worker exit type: (\S+)", text)
+    detail = re.search(
+        r"Worker exit detail: (.*?)(?: There are some potential root causes| Some common causes include|$)", text
+    )
     for marker in ("The actor died because", "The actor is dead because", "because"):
         at = text.find(marker)
         if at >= 0:
             text = text[at:]
             break
-    return text[:MAX_CAUSE_CHARS]
+    reason = text.split(". ", 1)[0].rstrip(".")
+    node = re.search(r"Node Id: ([0-9a-f]+)", text)
+    if node:
+        reason += f" (node {node.group(1)})"
+    if exit_type or detail:
+        parts = [exit_type.group(1) if exit_type else "", detail.group(1).strip() if detail else ""]
+        reason += " (" + ": ".join(p for p in parts if p) + ")"
+    return reason[:MAX_CAUSE_CHARS]
 
 
 class RayWorker:
