@@ -75,12 +75,13 @@ class FakeHandle:
             count += 1
         return count
 
-    def die(self, reason: str = "killed by signal SIGKILL") -> None:
-        """The worker exits on its own: what it held is lost with ``reason``."""
+    def die(self, reason: str = "killed by signal SIGKILL", unstarted: frozenset[int] = frozenset()) -> None:
+        """The worker exits on its own: what it held is lost with ``reason``; batches named in ``unstarted`` are
+        known never to have reached it (a cluster call refused before it ran)."""
         assert self._exit is not None and self._events is not None
         if not self._exit.done():
             self._exit.set_result(f"worker exited ({reason})")
-        self._events.on_lost(WorkerDiedError(reason))
+        self._events.on_lost(WorkerDiedError(reason, unstarted))
 
     async def wait_exit(self) -> str:
         assert self._exit is not None

@@ -114,6 +114,37 @@ def test_a_worker_that_dies_fails_its_batch_runs_the_queued_one_elsewhere_and_is
     run(scenario())
 
 
+def test_a_batch_its_transport_refused_before_it_ran_is_retried_once_on_another_worker() -> None:
+    async def scenario() -> None:
+        rig = Rig()
+        await rig.pool.scale(1)
+        await rig.pool.wait_ready(5)
+        job = rig.submit(b"a")
+        first = rig.backend.handles[0]
+        first.die("Ray actor unavailable", frozenset({first.sent[0].batch_id}))
+        # not failed: it never started, so the replacement runs it
+        await until(lambda: len(rig.backend.handles) == 2 and bool(rig.backend.handles[1].sent))
+        assert not job.future.done()
+        second = rig.backend.handles[1]
+        assert sent_bodies(second) == [[b"a"]]
+        # refused again: once is the limit, the request fails with the cause
+        second.die("Ray actor unavailable", frozenset({second.sent[0].batch_id}))
+        await until(job.future.done)
+        error = job.future.exception()
+        assert isinstance(error, WorkerDiedError) and "Ray actor unavailable" in str(error)
+        # a batch that had started when its worker died fails at once, as before
+        await until(lambda: len(rig.backend.handles) == 3 and rig.backend.handles[2].alive)
+        started = rig.submit(b"b")
+        third = rig.backend.handles[2]
+        await until(lambda: bool(third.sent))
+        third.die("Ray actor died", frozenset())
+        await until(started.future.done)
+        assert isinstance(started.future.exception(), WorkerDiedError)
+        await rig.pool.stop()
+
+    run(scenario())
+
+
 def test_scale_down_lets_the_leaving_worker_finish_its_batch_then_stops_it() -> None:
     async def scenario() -> None:
         rig = Rig()
