@@ -211,13 +211,21 @@ def ensure_venv(name: str, packages: list[str], torch: str | None = "torch==2.13
 
 
 def modelserve_store(
-    assets: Path, copies: int = 1, batch_size: int | None = None, optimize: bool = True, settings: str = "same"
+    assets: Path,
+    copies: int = 1,
+    batch_size: int | None = None,
+    optimize: bool = True,
+    settings: str = "same",
+    extra_config: str = "",
 ) -> Path:
     """Archives of both models (``copies`` of the small one) for modelserve, optionally with another batchSize;
-    ``settings`` "defaults" packs them without a model-config.yaml."""
+    ``settings`` "defaults" packs them without a model-config.yaml; ``extra_config`` (model-config.yaml lines) goes
+    into every model's config."""
     from modelserve.archive.packer import PackRequest, pack_archive
 
     suffix = "" if settings == "same" else f"-{settings}"
+    if extra_config:
+        suffix += "-" + re.sub(r"[^A-Za-z0-9]+", "-", extra_config).strip("-")
     store = WORK / f"store-modelserve-{copies}-{batch_size or 'default'}{'' if optimize else '-plain'}{suffix}"
     if store.is_dir():
         return store
@@ -228,6 +236,7 @@ def modelserve_store(
             config = re.sub(r"batchSize: \d+", f"batchSize: {batch_size}", config)
         if not optimize:
             config += "optimize: false\n"
+        config += extra_config
         config_path: Path | None = None
         if config:
             config_path = store / f".{model}-config.yaml"
@@ -355,12 +364,14 @@ def modelserve_server(
     source: Path | None = None,
     prefix: Sequence[str] = (),
     grpc: bool = False,
+    properties: Sequence[str] = (),
 ) -> Server:
     """modelserve from this checkout, or (``source``) from another checkout of it: the same venv, that code first.
 
     ``prefix`` goes before the command (a counter such as valgrind that runs the parent process). ``grpc``: gRPC on
     free loopback ports (``ports["grpc_inference"]``, ``ports["grpc_management"]``), else off (its default ports
-    would clash between servers run side by side, and with TorchServe's).
+    would clash between servers run side by side, and with TorchServe's). ``properties``: more config.properties
+    lines (``key=value``).
     """
     ports = {key: free_port() for key in ("inference", "management", "metrics")}
     lines = [f"{k}_address=http://127.0.0.1:{p}\n" for k, p in ports.items()]
@@ -370,6 +381,7 @@ def modelserve_server(
             lines.append(f"{key}_address=127.0.0.1\n{key}_port={ports[key]}\n")
     else:
         lines.append("enable_grpc=false\n")
+    lines += [f"{line}\n" for line in properties]
     config = WORK / f"{tag}.properties"
     config.write_text("".join(lines))
 
@@ -601,11 +613,13 @@ def in_process_limit(
 # ---- the run -----------------------------------------------------------------------------------------------------
 
 
-def check_answers(servers: list[Server], assets: Path) -> dict[str, dict[str, Any]]:
+def check_answers(
+    servers: list[Server], assets: Path, models: Sequence[str] = tuple(MODEL_CONFIG)
+) -> dict[str, dict[str, Any]]:
     answers: dict[str, dict[str, Any]] = {}
     for server in servers:
         answers[server.name] = {}
-        for model in MODEL_CONFIG:
+        for model in models:
             status, body = server.post(assets, model)
             if status != 200:
                 raise RuntimeError(f"{server.name} answered {status} for {model}: {body[:200]!r}")

@@ -27,6 +27,8 @@ def loopback_environment(work_dir: Path | None) -> dict[str, str]:
     (where Ray looks for the bootstrap file that says there is no cloud), and the file is written there."""
     variables = {
         "RAY_USAGE_STATS_ENABLED": "0",
+        # a cluster not started by ray.init still sends a "usage stats disabled" report: to nowhere on loopback
+        "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
         "RAY_NODE_IP_ADDRESS": os.environ.get("RAY_NODE_IP_ADDRESS", LOOPBACK),

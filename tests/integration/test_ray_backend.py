@@ -152,8 +152,9 @@ def test_unregister_and_stop_end_every_actor(tmp_path: Path, store: Path, cluste
 
 def test_owned_local_instance_leaves_no_process(tmp_path: Path, store: Path) -> None:
     config = "worker_backend=ray\nray_num_cpus=1\nray_object_store_memory=80MB\ndefault_workers_per_model=1\n"
-    server = ServerProcess(tmp_path, store, ["echo=echo.mar"], config=config).start(timeout=120)
+    server = ServerProcess(tmp_path, store, ["echo=echo.mar"], config=config)
     try:
+        server.start(timeout=120)
         wait_for(lambda: len(ready_nodes(server, "echo")) == 1, 60, "worker ready")
         assert server.predict("echo", b"z").body == b"z"
         assert server.process is not None
