@@ -524,7 +524,7 @@ def main() -> int:
     output = write_results("ray", result, args.output or (WORK / "ray-quick.json" if args.quick else None))
     print()
     print(tables(summary, targets, args.rounds))
-    print(f"\nresults: {output}")
+    print(f"\nresults in {output}")
     return 0
 
 

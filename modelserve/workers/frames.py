@@ -8,7 +8,7 @@ first frame (ready or load failed) to the future ``start`` waits on, stream fram
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from modelserve.errors import WorkerDiedError, WorkerLoadError
 from modelserve.workers.backend import WorkerEvents
@@ -90,6 +90,25 @@ class FrameRouter:
         self.fail_first(error)
         if self.events is not None:
             self.events.on_lost(error)
+
+
+async def await_ready(
+    first: asyncio.Future[Message], timeout_s: float, limit_s: float, kill: Callable[[], Awaitable[None]]
+) -> ReadyMessage:
+    """Wait up to ``timeout_s`` for the worker's first frame and return it as READY; otherwise kill the worker and
+    raise WorkerLoadError saying why (``limit_s`` is the startup timeout the message names)."""
+    try:
+        reply = await asyncio.wait_for(asyncio.shield(first), timeout_s)
+        return ready_reply(reply)
+    except TimeoutError:
+        await kill()
+        raise WorkerLoadError(f"worker did not finish loading within {limit_s:g} s") from None
+    except WorkerDiedError as exc:
+        await kill()
+        raise WorkerLoadError(f"worker exited while loading ({exc})") from None
+    except WorkerLoadError:
+        await kill()
+        raise
 
 
 def ready_reply(reply: Message) -> ReadyMessage:

@@ -24,7 +24,7 @@ import psutil
 
 from modelserve.errors import WorkerDiedError, WorkerLoadError
 from modelserve.workers.backend import WorkerEvents, WorkerSpec, WorkerUsage
-from modelserve.workers.frames import FrameRouter, FrameSplitter, ready_reply
+from modelserve.workers.frames import FrameRouter, FrameSplitter, await_ready
 from modelserve.workers.protocol import (
     CancelMessage,
     CreditMessage,
@@ -161,18 +161,7 @@ class LocalWorker:
             raise
         self._transport = transport
         self._send(init)
-        try:
-            reply = await asyncio.wait_for(asyncio.shield(first), startup_timeout_s)
-        except TimeoutError:
-            await self.kill()
-            raise WorkerLoadError(f"worker did not finish loading within {startup_timeout_s:g} s") from None
-        except WorkerDiedError as exc:
-            raise WorkerLoadError(f"worker exited while loading ({exc})") from None
-        try:
-            ready = ready_reply(reply)
-        except WorkerLoadError:
-            await self.kill()
-            raise
+        ready = await await_ready(first, startup_timeout_s, startup_timeout_s, self.kill)
         self.signature = ready.signature
         self.batch_size = ready.batch_size
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from modelserve.archive.reader import pack_trees
 from modelserve.errors import ConfigError, WorkerDiedError, WorkerLoadError
 from modelserve.workers.backend import WorkerEvents, WorkerSpec, WorkerUsage
-from modelserve.workers.frames import FrameRouter, ready_reply
+from modelserve.workers.frames import FrameRouter, await_ready
 from modelserve.workers.protocol import (
     CancelMessage,
     CreditMessage,
@@ -155,19 +155,8 @@ class RayWorker:
                 intra_op_threads=backend.threads_for(self._spec, self._threads),
             )
         )
-        try:
-            reply = await asyncio.wait_for(asyncio.shield(first), max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            await self.kill()
-            raise WorkerLoadError(f"worker did not finish loading within {startup_timeout_s:g} s") from None
-        except WorkerDiedError as exc:
-            await self.kill()
-            raise WorkerLoadError(f"worker exited while loading ({exc})") from None
-        try:
-            ready = ready_reply(reply)
-        except WorkerLoadError:
-            await self.kill()
-            raise
+        remaining = max(0.0, deadline - loop.time())
+        ready = await await_ready(first, remaining, startup_timeout_s, self.kill)
         self.signature = ready.signature
         self.batch_size = ready.batch_size
         self._spawn(self._watch_usage())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -37,6 +38,29 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_archive(store, "sleepy", "sleep_handler.py", config_yaml="responseTimeout: 3\nbatchSize: 1\n")
     make_archive(store, "pinned", "echo_handler.py", config_yaml="num_cpus: 0.5\nrayResources:\n  node_b: 0.5\n")
     return store
+
+
+def off_loopback(pids: set[int]) -> list[str]:
+    """Every inet socket of these processes whose local or remote address is not loopback (0.0.0.0 counts)."""
+    found = []
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            # net_connections since psutil 6 (connections is deprecated there), connections before
+            connections = getattr(process, "net_connections", process.connections)(kind="inet")
+        except psutil.Error:
+            continue
+        for conn in connections:
+            for address in (conn.laddr, conn.raddr):
+                if address and not ipaddress.ip_address(address.ip).is_loopback:
+                    found.append(f"pid {pid}: {conn.laddr} -> {conn.raddr} ({conn.status})")
+    return found
+
+
+def server_tree(server: ServerProcess) -> set[int]:
+    assert server.process is not None
+    root = psutil.Process(server.process.pid)
+    return {root.pid, *(child.pid for child in root.children(recursive=True))}
 
 
 def ray_config(cluster: RayNodes, extra: str = "default_workers_per_model=1\n") -> str:
@@ -79,6 +103,9 @@ def test_workers_spread_over_nodes_and_answer_like_local_workers(
         wait_for(lambda: f'node="{cluster.node_id("node_b")}"' in call("GET", server.metrics + "/metrics").text,
                  10, "worker memory labelled with its node")  # fmt: skip
         assert "modelserve_worker_rss_bytes" in metrics
+        # the server (the cluster's driver), its actors and every process of the cluster listen and talk on loopback
+        actors = {int(w["pid"]) for w in workers(server, "echo")}
+        assert off_loopback(server_tree(server) | cluster.pids() | actors) == []
 
 
 def test_pinned_model_runs_only_on_the_node_with_its_resource(tmp_path: Path, store: Path, cluster: RayNodes) -> None:
@@ -160,5 +187,6 @@ def test_owned_local_instance_leaves_no_process(tmp_path: Path, store: Path) -> 
         assert server.process is not None
         tree = psutil.Process(server.process.pid).children(recursive=True)
         assert any("raylet" in " ".join(p.cmdline()) for p in tree), "no Ray instance under the server"
+        assert off_loopback(server_tree(server)) == [], "the server's own Ray instance stays on loopback"
     finally:
         assert server.stop() == 0  # fails if any process of its tree outlived it
