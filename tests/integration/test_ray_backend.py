@@ -40,6 +40,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return store
 
 
+def is_loopback(ip: str) -> bool:
+    """127.0.0.0/8 or ::1, also written as an IPv4-mapped IPv6 address (::ffff:127.0.0.1)."""
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
 def off_loopback(pids: set[int]) -> list[str]:
     """Every inet socket of these processes whose local or remote address is not loopback (0.0.0.0 counts)."""
     found = []
@@ -52,7 +60,7 @@ def off_loopback(pids: set[int]) -> list[str]:
             continue
         for conn in connections:
             for address in (conn.laddr, conn.raddr):
-                if address and not ipaddress.ip_address(address.ip).is_loopback:
+                if address and not is_loopback(address.ip):
                     found.append(f"pid {pid}: {conn.laddr} -> {conn.raddr} ({conn.status})")
     return found
 
